@@ -1,0 +1,83 @@
+"""Build or load a SAM 3 model and its processor: from a preset name, a local directory, or a Hub id."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+from .errors import ModelLoadError
+from .presets import PRESET_SPECS, PRESETS, build_config, init_for_scratch_training, input_size
+from .tokenizer import build_offline_tokenizer
+
+DEFAULT_HUB_ID = "facebook/sam3"
+
+
+def build_processor(image_size: int = 1008) -> Sam3Processor:
+    """A `Sam3Processor` for square inputs of `image_size` px, built offline (no Hub access)."""
+    mask_size = 4 * (image_size // 14)  # mask logits are at 4x the ViT token grid (288 at 1008 px)
+    image_processor = Sam3ImageProcessor(
+        size={"height": image_size, "width": image_size}, mask_size={"height": mask_size, "width": mask_size}
+    )
+    return Sam3Processor(image_processor=image_processor, tokenizer=build_offline_tokenizer())
+
+
+def _hub_error_message(source: str, err: Exception) -> str:
+    text = f"{type(err).__name__}: {err}"
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in text.lower() or "connect" in text.lower():
+        hint = "the Hub cannot be reached; pass a local directory saved with save_pretrained, or a preset"
+    elif "gated" in text.lower() or "401" in text or "403" in text or "restricted" in text.lower():
+        hint = "the repository is gated: accept its licence on the Hub, run `hf auth login`, then retry"
+    else:
+        hint = "check the id, or pass a local directory saved with save_pretrained, or a preset"
+    return f"cannot load model {source!r}: {hint} (presets: {', '.join(PRESETS)})"
+
+
+def _load_processor(source: str, config: Sam3Config) -> Sam3Processor:
+    """The saved processor when there is one; otherwise one built offline for the model's input size."""
+    try:
+        return Sam3Processor.from_pretrained(source)
+    except Exception:  # noqa: BLE001 - no processor saved, or the Hub is unreachable: build it offline
+        return build_processor(input_size(config))
+
+
+def load_model(
+    source: str = DEFAULT_HUB_ID,
+    *,
+    image_size: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+) -> tuple[Sam3Model, Sam3Processor]:
+    """Load (model, processor) from a preset name, a local `save_pretrained` directory or a Hub id.
+
+    Presets are random-init (`tiny` and `small` with an init that can learn from scratch, seeded by `seed`).
+    Loaded models come back in eval mode, like `from_pretrained`; presets too.
+    """
+    if source in PRESETS and not Path(source).exists():
+        config = build_config(source, image_size)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = Sam3Model(config)
+            if source in PRESET_SPECS:
+                init_for_scratch_training(model)
+        if dtype is not None:
+            model = model.to(dtype)
+        return model.eval(), build_processor(input_size(config))
+
+    path = Path(source).expanduser()
+    looks_like_path = source.startswith(("/", "./", "../", "~")) or os.sep + os.sep in source
+    if looks_like_path and not path.exists():
+        raise ModelLoadError(f"{source}: no such directory; pass a directory written by save_pretrained")
+    if path.exists() and not path.is_dir():
+        raise ModelLoadError(f"{source}: is a file; pass the directory written by save_pretrained")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelLoadError(f"{source}: no config.json here; pass a directory written by save_pretrained")
+    try:
+        model = Sam3Model.from_pretrained(source, dtype=dtype) if dtype else Sam3Model.from_pretrained(source)
+    except Exception as err:  # noqa: BLE001 - every failure becomes one actionable line
+        if path.is_dir():
+            raise ModelLoadError(f"{source}: not a loadable SAM 3 checkpoint ({type(err).__name__}: {err})") from err
+        raise ModelLoadError(_hub_error_message(source, err)) from err
+    return model.eval(), _load_processor(source, model.config)
