@@ -122,7 +122,8 @@ class OneToManyMatcher:
         iou = torch.stack([box_iou(cxcywh_to_xyxy(o), cxcywh_to_xyxy(t))
                            for o, t in zip(pred.boxes_cxcywh.float(), tgt)])  # (B, Q, T_max)
         score = self.alpha * pred.logits.float().sigmoid().unsqueeze(-1) + (1 - self.alpha) * iou
-        top = score > torch.quantile(score, 1 - self.topk / num_queries, dim=1, keepdim=True)
+        quantile = max(0.0, 1 - self.topk / num_queries)  # Q <= topk: every query but the worst is a candidate
+        top = score > torch.quantile(score, quantile, dim=1, keepdim=True)
         valid = torch.arange(tgt.shape[1], device=device)[None] < counts.to(device)[:, None]  # (B, T_max)
         matches = top & (score > self.threshold) & valid[:, None, :]
         batch_idx, query_idx, target_idx = torch.nonzero(matches, as_tuple=True)
