@@ -1,0 +1,188 @@
+"""The `sam3-adapt` command line: one verb per job.
+
+User mistakes (bad files, prompts, ids) print one line on stderr and exit with code 2; only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from sam3_model.errors import PromptError, Sam3AdaptError
+from sam3_model.loading import DEFAULT_HUB_ID
+from sam3_model.presets import PRESETS
+
+EXIT_USER_ERROR = 2
+
+
+def _parse_box(text: str) -> tuple[tuple[float, float, float, float], int]:
+    """'x0,y0,x1,y1' (positive) or 'x0,y0,x1,y1:neg' -> (box_xyxy_px, label)."""
+    coords, _, polarity = text.partition(":")
+    try:
+        box = tuple(float(v) for v in coords.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or polarity not in ("", "pos", "neg"):
+        raise PromptError(f"--box {text!r}: expected x0,y0,x1,y1 in pixels, optionally followed by :neg or :pos")
+    return box, 0 if polarity == "neg" else 1
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Find every instance of each phrase (and/or exemplar boxes) in the images."""
+    from sam3_model.predict import ConceptSegmenter, write_coco_results
+    from sam3_model.records import ConceptPrompt
+
+    boxes = [_parse_box(b) for b in args.box]
+    prompts = [ConceptPrompt(text=p) for p in args.phrase]
+    if boxes:  # exemplar boxes form one more prompt, with the first phrase when given
+        prompts.append(ConceptPrompt(text=args.phrase[0] if args.phrase else None,
+                                     boxes_xyxy_px=[b for b, _ in boxes], box_labels=[l for _, l in boxes]))
+    if not prompts:
+        raise PromptError("give at least one --phrase or --box")
+    segmenter = ConceptSegmenter.from_pretrained(args.model, threshold=args.threshold, top_k=args.top_k,
+                                                 official_text_prompt=args.official_text_prompt)
+    images = [str(p) for p in args.images]
+    results = segmenter(images, prompts)
+    for path, per_image in zip(images, results):
+        for result in per_image:
+            label = result.prompt.text or "(boxes)"
+            print(f"{path}\t{label}\tpresence={result.presence:.3f}\tinstances={len(result.instances)}")
+    if args.out:
+        pair_results = [[r for r in per_image] for per_image in results]
+        write_coco_results(pair_results, args.out, convention="coco",
+                           category_ids={p.text or "visual": i + 1 for i, p in enumerate(prompts)})
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_overfit(args: argparse.Namespace) -> int:
+    """Fit one synthetic pair with the official objective and export the result (a sanity check)."""
+    from adapt.overfit import run_overfit
+    from sam3_model.adapters import LoraSettings
+
+    lora = LoraSettings(preset=args.lora, r=args.lora_rank, alpha=2 * args.lora_rank) if args.lora else None
+    report = run_overfit(args.model, args.out, steps=args.steps, lr=args.lr, seed=args.seed, lora=lora)
+    print(f"loss {report.first_loss:.2f} -> {report.last_loss:.2f} ({100 * report.loss_drop:.1f}% lower); "
+          f"mask IoU {report.mask_iou_before:.3f} -> {report.mask_iou_after:.3f}; score {report.score_after:.3f}")
+    print(f"wrote {args.out}/report.json, losses.csv, losses.png and the merged model in {report.export_dir}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a model (optionally with a LoRA adapter merged) for transformers or video tracking."""
+    from peft import PeftModel
+
+    from sam3_model.export import export_merged, export_video
+    from sam3_model.loading import load_model
+    from sam3_model.model_card import ModelCardInfo
+
+    model, processor = load_model(args.model)
+    if args.adapter:
+        if not (Path(args.adapter) / "adapter_config.json").is_file():
+            raise Sam3AdaptError(f"{args.adapter}: no adapter_config.json; pass a directory written by an adapter export")
+        model = PeftModel.from_pretrained(model, args.adapter)
+    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else {}
+    card = ModelCardInfo(base_model=args.model, data=args.data, recipe=args.recipe, metrics=metrics)
+    if args.kind == "merged":
+        out = export_merged(model, processor, args.out, card)
+    else:
+        out = export_video(model, args.out, card, base_video_dir=args.base_video)
+    print(f"wrote {args.kind} export to {out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Parameter counts per component and per LoRA preset."""
+    import torch
+
+    from sam3_model.adapters import LORA_PRESETS, LoraSettings, apply_lora, trainable_summary
+    from sam3_model.loading import load_model
+    from sam3_model.presets import build_config
+
+    if args.model in PRESETS:  # count on the meta device: no memory, no weights
+        from transformers import Sam3Model
+
+        with torch.device("meta"):
+            model = Sam3Model(build_config(args.model))
+    else:
+        model, _ = load_model(args.model)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"{args.model}: {total / 1e6:.2f}M parameters")
+    summary = trainable_summary(model)
+    for key, count in summary.items():
+        if key.endswith("/total") and not key.startswith("all/"):
+            print(f"  {key.removesuffix('/total'):<16}{count / 1e6:9.2f}M")
+    for preset in LORA_PRESETS:
+        lora_model = apply_lora(model, LoraSettings(preset=preset, r=args.lora_rank))
+        trainable = sum(p.numel() for p in lora_model.parameters() if p.requires_grad)
+        print(f"  LoRA {preset:<16} r={args.lora_rank}: {trainable / 1e6:.2f}M trainable "
+              f"({100 * trainable / total:.2f}%)")
+        model = lora_model.unload()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb."""
+    parser = argparse.ArgumentParser(prog="sam3-adapt", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    model_help = f"preset ({', '.join(PRESETS)}), local directory, or Hub id (default {DEFAULT_HUB_ID})"
+
+    seg = verbs.add_parser("segment", help="segment every instance of a concept in images")
+    seg.add_argument("images", nargs="+", type=Path)
+    seg.add_argument("--model", default=DEFAULT_HUB_ID, help=model_help)
+    seg.add_argument("--phrase", action="append", default=[], help="noun phrase; repeat for several")
+    seg.add_argument("--box", action="append", default=[], help="exemplar box x0,y0,x1,y1[:neg] in pixels")
+    seg.add_argument("--threshold", type=float, default=0.5)
+    seg.add_argument("--top-k", type=int, default=None)
+    seg.add_argument("--official-text-prompt", action="store_true",
+                     help="add the geometry CLS token to text-only prompts, as the official SAM 3 does")
+    seg.add_argument("--out", type=Path, help="write COCO results JSON here")
+    seg.set_defaults(func=cmd_segment)
+
+    fit = verbs.add_parser("overfit", help="sanity check: fit one synthetic pair with the official objective")
+    fit.add_argument("--model", default="tiny", help=model_help)
+    fit.add_argument("--steps", type=int, default=300)
+    fit.add_argument("--lr", type=float, default=2e-3)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--lora", default=None, help="LoRA preset (default: full fine-tuning)")
+    fit.add_argument("--lora-rank", type=int, default=16)
+    fit.add_argument("--out", type=Path, default=Path("runs/overfit"))
+    fit.set_defaults(func=cmd_overfit)
+
+    exp = verbs.add_parser("export", help="export for transformers (merged) or Sam3VideoModel (video)")
+    exp.add_argument("--model", required=True, help=model_help)
+    exp.add_argument("--adapter", help="LoRA adapter directory to merge")
+    exp.add_argument("--kind", choices=("merged", "video"), default="merged")
+    exp.add_argument("--base-video", help="video checkpoint directory whose tracker to keep (kind video)")
+    exp.add_argument("--data", default="unspecified", help="training data, for the model card")
+    exp.add_argument("--recipe", default="unspecified", help="recipe, for the model card")
+    exp.add_argument("--metrics", help="JSON file of metrics, for the model card")
+    exp.add_argument("--out", type=Path, required=True)
+    exp.set_defaults(func=cmd_export)
+
+    info = verbs.add_parser("info", help="parameter counts per component and LoRA preset")
+    info.add_argument("--model", default="sam3", help=model_help)
+    info.add_argument("--lora-rank", type=int, default=16)
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `sam3-adapt` console script."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Sam3AdaptError as err:
+        print(f"sam3-adapt: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (FileNotFoundError, json.JSONDecodeError) as err:
+        print(f"sam3-adapt: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
