@@ -22,7 +22,8 @@ from sam3_model.dac import enable_dac
 from sam3_model.detector import run_detector
 from sam3_model.export import export_merged
 from sam3_model.loading import load_model
-from sam3_model.model_card import ModelCardInfo, atomic_write_text
+from sam3_model.atomic import atomic_write_text
+from sam3_model.model_card import ModelCardInfo
 from sam3_model.objective import ObjectiveConfig, Sam3Criterion
 from sam3_model.presets import input_size
 from sam3_model.targets import ConceptTargets

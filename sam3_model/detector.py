@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import torch
 from torch import Tensor, nn
 from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput, inverse_sigmoid
 

@@ -23,7 +23,9 @@ from torch import nn
 from transformers import Sam3Config, Sam3Model, Sam3Processor, Sam3VideoConfig, Sam3VideoModel
 
 from .errors import ConfigError, ModelLoadError
-from .model_card import ModelCardInfo, atomic_write_text, umask, write_model_card
+from .atomic import umask
+from .atomic import atomic_write_text
+from .model_card import ModelCardInfo, write_model_card
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .errors import ConfigError
 
 CARD_KINDS: tuple[str, ...] = ("merged", "adapter", "video")
@@ -103,31 +103,6 @@ def render_model_card(info: ModelCardInfo, kind: str) -> str:
     if info.notes:
         sections.append(f"## Notes\n\n{info.notes}")
     return "\n\n".join(sections) + "\n"
-
-
-def umask() -> int:
-    """The process umask (os.umask can only be read by setting it; it is restored at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write `text` to `path` through a temp file in the same directory and `os.replace` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(fd, 0o666 & ~umask())  # mkstemp makes it owner-only; give it an ordinary file's mode
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_model_card(info: ModelCardInfo, kind: str, path: str | os.PathLike[str]) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
@@ -21,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from transformers import Sam3Model, Sam3Processor
 from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput, Sam3VisionEncoderOutput
 
+from .atomic import atomic_write_text
 from .errors import ConfigError, ImageError
 from .loading import DEFAULT_HUB_ID, load_model
 from .prompting import prompt_tensors, validate_prompt
@@ -247,16 +247,4 @@ def write_coco_results(
 ) -> Path:
     """Write `to_coco_results(...)` as JSON atomically (temp file in the same folder, then `os.replace`)."""
     entries = to_coco_results(results, convention, category_ids)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(entries, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(entries))

@@ -20,7 +20,8 @@ from sam3_model.adapters import LoraSettings, prepare_for_training
 from sam3_model.errors import ConfigError
 from sam3_model.export import export_adapter, export_merged, export_video
 from sam3_model.loading import load_model
-from sam3_model.model_card import ModelCardInfo, render_model_card, umask
+from sam3_model.atomic import umask
+from sam3_model.model_card import ModelCardInfo, render_model_card
 from sam3_model.presets import PRESET_SPECS, _config_from_spec, init_for_scratch_training
 
 OUTPUTS = ("pred_logits", "pred_boxes", "pred_masks", "presence_logits", "semantic_seg")
