@@ -33,13 +33,15 @@ def _parse_box(text: str) -> tuple[tuple[float, float, float, float], int]:
 def cmd_segment(args: argparse.Namespace) -> int:
     """Find every instance of each phrase (and/or exemplar boxes) in the images."""
     from sam3_model.predict import ConceptSegmenter, write_coco_results
+    from sam3_model.prompting import prompt_text
     from sam3_model.records import ConceptPrompt
 
     boxes = [_parse_box(b) for b in args.box]
     prompts = [ConceptPrompt(text=p) for p in args.phrase]
-    if boxes:  # exemplar boxes form one more prompt, with the first phrase when given
-        prompts.append(ConceptPrompt(text=args.phrase[0] if args.phrase else None,
-                                     boxes_xyxy_px=[b for b, _ in boxes], box_labels=[l for _, l in boxes]))
+    if boxes:  # exemplar boxes refine the first phrase's prompt, or form a box-only prompt
+        exemplar = ConceptPrompt(text=args.phrase[0] if args.phrase else None,
+                                 boxes_xyxy_px=[b for b, _ in boxes], box_labels=[l for _, l in boxes])
+        prompts[:1] = [exemplar]
     if not prompts:
         raise PromptError("give at least one --phrase or --box")
     segmenter = ConceptSegmenter.from_pretrained(args.model, threshold=args.threshold, top_k=args.top_k,
@@ -51,9 +53,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             label = result.prompt.text or "(boxes)"
             print(f"{path}\t{label}\tpresence={result.presence:.3f}\tinstances={len(result.instances)}")
     if args.out:
-        pair_results = [[r for r in per_image] for per_image in results]
-        write_coco_results(pair_results, args.out, convention="coco",
-                           category_ids={p.text or "visual": i + 1 for i, p in enumerate(prompts)})
+        write_coco_results(results, args.out, convention="coco",
+                           category_ids={prompt_text(p): i + 1 for i, p in enumerate(prompts)})
         print(f"wrote {args.out}")
     return 0
 

@@ -23,7 +23,7 @@ from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput, 
 from .atomic import atomic_write_text
 from .errors import ConfigError, ImageError
 from .loading import DEFAULT_HUB_ID, load_model
-from .prompting import prompt_tensors, validate_prompt
+from .prompting import prompt_tensors, prompt_text, validate_prompt
 from .records import RLE, ConceptPrompt, ConceptResult, Instance, encode_mask, mask_area
 
 ImageInput = Union[Image.Image, np.ndarray, str, os.PathLike]
@@ -214,7 +214,7 @@ def to_coco_results(
     - "saco" (SA-Co/Gold, Silver): every image-phrase pair is its own image, so `image_id` is the result's
       `image_id`, which the caller sets to the pair id; `category_id` is 1; `bbox` is xywh NORMALISED by the
       original image (W, H), like SA-Co GT; `area` is the mask's fraction of the image.
-    - "coco": `image_id` is the image's id; `category_id` is `category_ids[phrase]`; `bbox` is xywh in pixels;
+    - "coco": `image_id` is the image's id; `category_id` is `category_ids[phrase]` ("visual" for box-only); `bbox` is xywh in pixels;
       `area` is the mask's pixel count.
     """
     if convention not in ("saco", "coco"):
@@ -225,9 +225,10 @@ def to_coco_results(
     for result in (r for image_results in results for r in image_results):
         height, width = result.image_size
         if convention == "coco":
-            if result.prompt.text not in category_ids:
-                raise ConfigError(f"image {result.image_id}: phrase {result.prompt.text!r} has no category id")
-            category_id, norm = category_ids[result.prompt.text], np.ones(4)
+            phrase = prompt_text(result.prompt)  # "visual" for box-only prompts, as the processor names them
+            if phrase not in category_ids:
+                raise ConfigError(f"image {result.image_id}: phrase {phrase!r} has no category id")
+            category_id, norm = category_ids[phrase], np.ones(4)
         else:
             category_id, norm = 1, np.array([width, height, width, height], dtype=float)
         area_norm = 1.0 if convention == "coco" else float(height * width)
