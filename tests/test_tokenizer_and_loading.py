@@ -122,3 +122,13 @@ def test_missing_path_raises(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_model(str(tmp_path / "empty"))
+
+
+def test_directory_without_processor_gets_an_offline_processor(tmp_path):
+    from sam3_model.loading import load_model
+
+    model, _ = load_model("tiny")
+    model.save_pretrained(tmp_path)  # weights only, as many fine-tuning scripts leave them
+    _, processor = load_model(str(tmp_path))
+    assert processor.image_processor.size == {"height": 112, "width": 112}
+    assert processor.tokenizer("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
