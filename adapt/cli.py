@@ -45,7 +45,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not prompts:
         raise PromptError("give at least one --phrase or --box")
     segmenter = ConceptSegmenter.from_pretrained(args.model, threshold=args.threshold, top_k=args.top_k,
-                                                 official_text_prompt=args.official_text_prompt)
+                                                 official_text_prompt=args.official_text_prompt, progress=True)
     images = [str(p) for p in args.images]
     results = segmenter(images, prompts)
     for path, per_image in zip(images, results):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 from transformers import Sam3Model, Sam3Processor
 from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput, Sam3VisionEncoderOutput
 
@@ -77,7 +78,8 @@ class ConceptSegmenter:
     `threshold`: keep instances with score > threshold (0.5 like the official demo; 0 for COCO AP);
     `top_k`: at most this many instances per (image, prompt), best first; `prompt_batch_size`: prompts run
     together on one image's features; `official_text_prompt`: add the geometry CLS token to text-only prompts
-    like the official model (see `prompting.prompt_tensors`); `mask_threshold`: on the mask probability.
+    like the official model (see `prompting.prompt_tensors`); `mask_threshold`: on the mask probability;
+    `progress`: a progress bar over images.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class ConceptSegmenter:
         prompt_batch_size: int = 16,
         official_text_prompt: bool = False,
         mask_threshold: float = 0.5,
+        progress: bool = False,
     ) -> None:
         if prompt_batch_size < 1:
             raise ConfigError(f"prompt_batch_size must be >= 1, got {prompt_batch_size}")
@@ -98,6 +101,7 @@ class ConceptSegmenter:
         self.model, self.processor = model, processor
         self.threshold, self.top_k, self.mask_threshold = threshold, top_k, mask_threshold
         self.prompt_batch_size, self.official_text_prompt = prompt_batch_size, official_text_prompt
+        self.progress = progress
 
     @classmethod
     def from_pretrained(
@@ -131,8 +135,9 @@ class ConceptSegmenter:
         was_training = self.model.training
         self.model.eval()
         try:
-            return [self._segment_image(image, i, image_prompts, ids[i])
-                    for i, (image, image_prompts) in enumerate(zip(images, per_image))]
+            pairs = tqdm(list(enumerate(zip(images, per_image))), desc="segment", unit="image",
+                         disable=not self.progress or len(images) < 2)
+            return [self._segment_image(image, i, image_prompts, ids[i]) for i, (image, image_prompts) in pairs]
         finally:
             self.model.train(was_training)
 
