@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit = verbs.add_parser("overfit", help="sanity check: fit one synthetic pair with the official objective")
     fit.add_argument("--model", default="tiny", help=model_help)
     fit.add_argument("--steps", type=int, default=300)
-    fit.add_argument("--lr", type=float, default=2e-3)
+    fit.add_argument("--lr", type=float, default=1e-3)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--lora", default=None, help="LoRA preset (default: full fine-tuning)")
     fit.add_argument("--lora-rank", type=int, default=16)

@@ -137,7 +137,7 @@ def _plot_losses(losses: list[float], path: Path) -> None:
     plt.close(fig)
 
 
-def run_overfit(model_source: str, out_dir: str | Path, steps: int = 300, lr: float = 2e-3, seed: int = 0,
+def run_overfit(model_source: str, out_dir: str | Path, steps: int = 300, lr: float = 1e-3, seed: int = 0,
                 lora: LoraSettings | None = None, progress: bool = True) -> OverfitReport:
     """Fit one toy pair, write losses (csv, png), a report (json) and the merged model export to `out_dir`."""
     out = Path(out_dir)
