@@ -36,6 +36,8 @@ class ConceptTargets:
             for b, (masks, boxes) in enumerate(zip(self.masks, self.boxes_cxcywh)):
                 if masks.dim() != 3 or masks.shape[0] != boxes.shape[0]:
                     raise TargetError(f"query {b}: expected ({boxes.shape[0]}, H, W) masks, got {tuple(masks.shape)}")
+                if masks.dtype != torch.bool and ((masks != 0) & (masks != 1)).any():
+                    raise TargetError(f"query {b}: masks must be binary (0/1 or bool)")
             sizes = {tuple(m.shape[-2:]) for m in self.masks}
             if len(sizes) > 1:
                 raise TargetError(f"masks of one batch must share one resolution, got {sorted(sizes)}")
