@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sam3_model.adapters import LoraSettings, prepare_for_training
+from sam3_model.adapters import LoraSettings, disable_dropout, prepare_for_training
 from sam3_model.dac import enable_dac
 from sam3_model.detector import run_detector
 from sam3_model.export import export_merged
@@ -58,17 +58,10 @@ def pair_inputs(processor, pair: ToyPair) -> dict[str, torch.Tensor]:
     return {k: encoded[k] for k in ("pixel_values", "input_ids", "attention_mask")}
 
 
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Set every dropout probability to 0: overfitting one pair measures the objective, not regularisation."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-
-
 def fit_pair(model: torch.nn.Module, processor, pair: ToyPair, steps: int, lr: float,
              objective: ObjectiveConfig | None = None, progress: bool = False) -> list[float]:
     """Train `model` on the pair for `steps` AdamW steps with cosine decay; returns the loss of every step."""
-    disable_dropout(model)
+    disable_dropout(model)  # overfitting one pair measures the objective, not regularisation
     enable_dac(model)
     model.train()
     inputs = pair_inputs(processor, pair)

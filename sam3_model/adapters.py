@@ -156,6 +156,13 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> PeftModel:
     return get_peft_model(model, config)
 
 
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability to 0 (deterministic train-mode outputs; overfitting checks)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
 def enable_activation_checkpointing(model: nn.Module) -> None:
     """Checkpoint the ViT and CLIP layers (non-reentrant); `Sam3Model` needs its support flag set on the instance."""
     base = base_model(model)

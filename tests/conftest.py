@@ -13,11 +13,16 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Set every dropout probability to 0 so train-mode outputs are deterministic."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+def random_prompt_batch(batch: int = 2, size: int = 112, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random images with text and exemplar-box prompts, so every component (geometry too) is on the graph."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(
+        pixel_values=torch.randn(batch, 3, size, size, generator=gen),
+        input_ids=torch.randint(0, 49408, (batch, 8), generator=gen),
+        attention_mask=torch.ones(batch, 8, dtype=torch.long),
+        input_boxes=torch.tensor([[[0.5, 0.5, 0.2, 0.2]], [[0.3, 0.4, 0.2, 0.1]]])[:batch],
+        input_boxes_labels=torch.ones(batch, 1, dtype=torch.long),
+    )
 
 
 @pytest.fixture

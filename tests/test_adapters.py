@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from conftest import random_prompt_batch
 from peft import PeftModel
 from torch import nn
 
@@ -51,15 +52,7 @@ def model(template: nn.Module) -> nn.Module:
 
 
 def inputs(batch: int = 2, size: int = 112) -> dict[str, torch.Tensor]:
-    """Text and exemplar-box prompts, so that every component (geometry encoder included) is on the graph."""
-    gen = torch.Generator().manual_seed(0)
-    return dict(
-        pixel_values=torch.randn(batch, 3, size, size, generator=gen),
-        input_ids=torch.randint(0, 49408, (batch, 8), generator=gen),
-        attention_mask=torch.ones(batch, 8, dtype=torch.long),
-        input_boxes=torch.tensor([[[0.5, 0.5, 0.2, 0.2]], [[0.3, 0.4, 0.2, 0.1]]])[:batch],
-        input_boxes_labels=torch.ones(batch, 1, dtype=torch.long),
-    )
+    return random_prompt_batch(batch, size, seed=0)
 
 
 def loss_on_all_outputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from conftest import disable_dropout
 
+from sam3_model.adapters import disable_dropout
 from sam3_model.dac import dac_enabled, disable_dac, enable_dac
 from sam3_model.detector import run_detector
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_prompt_batch
 import yaml
 from peft import PeftModel
 from PIL import Image
@@ -44,14 +45,7 @@ def one_thread():
 
 
 def inputs(size: int = 112, batch: int = 2) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return dict(
-        pixel_values=torch.randn(batch, 3, size, size, generator=gen),
-        input_ids=torch.randint(0, 49408, (batch, 8), generator=gen),
-        attention_mask=torch.ones(batch, 8, dtype=torch.long),
-        input_boxes=torch.tensor([[[0.5, 0.5, 0.2, 0.2]], [[0.3, 0.4, 0.2, 0.1]]])[:batch],
-        input_boxes_labels=torch.ones(batch, 1, dtype=torch.long),
-    )
+    return random_prompt_batch(batch, size, seed=1)
 
 
 @torch.no_grad()
