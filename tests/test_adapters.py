@@ -30,15 +30,6 @@ OUTPUTS = ("pred_logits", "pred_boxes", "pred_masks", "presence_logits")
 QKVO = r"(q_proj|k_proj|v_proj|o_proj)"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and then do not slow down when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def template() -> nn.Module:
     """The tiny preset model, built once; tests take deep copies."""

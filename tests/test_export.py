@@ -35,15 +35,6 @@ CARD = ModelCardInfo(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and then do not slow down when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def inputs(size: int = 112, batch: int = 2) -> dict[str, torch.Tensor]:
     return random_prompt_batch(batch, size, seed=1)
 
