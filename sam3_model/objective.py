@@ -26,7 +26,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from .boxes import paired_box_iou, paired_giou_loss
 from .detector import DetectorOutputs, LayerPredictions
-from .mask_loss import binary_focal_dice
+from .mask_loss import upsampled_focal_dice
 from .matcher import HungarianMatcher, MatchIndices, OneToManyMatcher
 from .point_sampling import point_sample, uncertain_points
 from .targets import ConceptTargets
@@ -135,18 +135,16 @@ class Sam3Criterion:
         """Sigmoid focal (mean over pixels) and dice of matched masks, summed over matches / num_boxes."""
         c = self.config
         src = pred.masks[match.batch_idx, match.query_idx].float()  # (M, h, w) logits
-        tgt = targets.packed_masks()[match.target_idx].to(src)  # (M, H, W)
+        tgt = targets.packed_masks()[match.target_idx]  # (M, H, W) binary, bool or float
         if c.mask_points is not None and len(match):
             points = uncertain_points(src, c.mask_points, c.mask_oversample_ratio, c.mask_importance_ratio)
-            src_flat, tgt_flat = point_sample(src, points), point_sample(tgt, points)  # (M, K), soft targets
+            src_flat, tgt_flat = point_sample(src, points), point_sample(tgt.to(src), points)  # (M, K), soft
             focal = sigmoid_focal_loss(src_flat, tgt_flat, alpha=c.mask_focal_alpha, gamma=c.mask_focal_gamma,
                                        reduction="none").mean(1)
             prob = src_flat.sigmoid()
             dice = 1 - (2 * (prob * tgt_flat).sum(1) + 1) / (prob.sum(1) + tgt_flat.sum(1) + 1)
-        else:  # every pixel of the target canvas, binary targets: the fused kernel (same values, less memory)
-            src_flat = F.interpolate(src.unsqueeze(1), size=tgt.shape[-2:], mode="bilinear",
-                                     align_corners=False).flatten(1)  # (M, H*W)
-            focal, dice = binary_focal_dice(src_flat, tgt.flatten(1), c.mask_focal_alpha, c.mask_focal_gamma)
+        else:  # every pixel of the target canvas: upsampled and reduced a few masks at a time (same values)
+            focal, dice = upsampled_focal_dice(src, tgt, c.mask_focal_alpha, c.mask_focal_gamma)
         return {"loss_mask": focal.sum() / num_boxes, "loss_dice": dice.sum() / num_boxes}
 
     # ----- assembly ---------------------------------------------------------------------------------------

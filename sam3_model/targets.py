@@ -16,7 +16,8 @@ class ConceptTargets:
     """Ground truth of B queries. Query b has T_b instances; T_b = 0 is a negative phrase.
 
     Boxes are cxcywh normalised to the model's (padded) input canvas; masks, when given, are binary at one
-    common resolution (the canvas, in pixels) for every query.
+    common resolution (the canvas, in pixels) for every query. Prefer bool masks: the mask loss converts them
+    to float a few at a time, so a 1008 x 1008 target costs 1 MB rather than 4 MB.
     """
 
     boxes_cxcywh: list[Tensor]  # B entries of (T_b, 4)

@@ -7,7 +7,7 @@ import torch
 from torchvision.ops import sigmoid_focal_loss
 
 from sam3_model.errors import TargetError
-from sam3_model.mask_loss import binary_focal_dice
+from sam3_model.mask_loss import binary_focal_dice, upsampled_focal_dice
 from sam3_model.targets import ConceptTargets
 
 
@@ -50,3 +50,27 @@ def test_soft_masks_are_rejected():
     with pytest.raises(TargetError, match="binary"):
         ConceptTargets([box], [torch.full((1, 4, 4), 0.5)])
     ConceptTargets([box], [torch.ones(1, 4, 4, dtype=torch.bool)])  # bool masks are fine
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_chunked_upsampled_loss_equals_upsample_then_loss(chunk):
+    generator = torch.Generator().manual_seed(1)
+    low = (3 * torch.randn(7, 9, 11, generator=generator, dtype=torch.float64)).requires_grad_()
+    targets = torch.rand(7, 30, 40, generator=generator) > 0.6  # bool, at a larger canvas
+    upstream = torch.randn(2, 7, generator=generator, dtype=torch.float64)
+    up = torch.nn.functional.interpolate(low[:, None], size=(30, 40), mode="bilinear", align_corners=False)
+    ref_focal, ref_dice = _reference(up.flatten(1), targets.flatten(1).double(), 0.25, 2.0)
+    (ref_grad,) = torch.autograd.grad((ref_focal * upstream[0] + ref_dice * upstream[1]).sum(), low)
+    focal, dice = upsampled_focal_dice(low, targets, chunk=chunk)
+    (grad,) = torch.autograd.grad((focal * upstream[0] + dice * upstream[1]).sum(), low)
+    torch.testing.assert_close(focal, ref_focal, atol=1e-12, rtol=0)
+    torch.testing.assert_close(dice, ref_dice, atol=1e-12, rtol=0)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-12, rtol=0)
+
+
+def test_chunked_upsampled_loss_with_no_matches():
+    low = torch.zeros(0, 9, 11, requires_grad=True)
+    focal, dice = upsampled_focal_dice(low, torch.zeros(0, 30, 40, dtype=torch.bool))
+    assert focal.shape == dice.shape == (0,)
+    (focal.sum() + dice.sum()).backward()
+    assert low.grad.shape == low.shape
