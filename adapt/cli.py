@@ -95,6 +95,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """SA-Co metrics (cgF1, pmF1, IL_MCC) and, for COCO ground truth, COCO AP."""
+    from adapt.evaluation import evaluate, write_evaluation
+
+    evaluation = evaluate(args.gt, args.pred, iou_type=args.iou_type, format=args.format)
+    write_evaluation(evaluation, args.out, args.report, title=f"Evaluation of {Path(args.pred).name}")
+    m = evaluation.metrics
+    line = (f"{evaluation.format} {evaluation.iou_type}: cgF1 {100 * m['cgF1']:.2f}  pmF1 {100 * m['pmF1']:.2f}  "
+            f"IL_MCC {m['IL_MCC']:.3f}  ({int(m['num_pairs'])} pairs")
+    skipped = int(m.get("num_pairs_skipped_non_exhaustive", 0))
+    line += f", {skipped} non-exhaustive skipped)" if skipped else ")"
+    if "AP" in m:
+        line += f"  AP {100 * m['AP']:.2f}  AP50 {100 * m['AP50']:.2f}"
+    print(line)
+    dropped = int(m.get("num_predictions_dropped_category", 0))
+    if dropped:
+        print(f"note: {dropped} predictions had a category_id that is not a ground-truth category and were "
+              "ignored, as the official evaluator does", file=sys.stderr)
+    print(f"wrote {args.out}" + (f" and {args.report}" if args.report else ""))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Parameter counts per component and per LoRA preset."""
     import torch
@@ -163,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--metrics", help="JSON file of metrics, for the model card")
     exp.add_argument("--out", type=Path, required=True)
     exp.set_defaults(func=cmd_export)
+
+    ev = verbs.add_parser("eval", help="cgF1, pmF1, IL_MCC (SA-Co) and COCO AP of predictions")
+    ev.add_argument("--gt", action="append", required=True, type=Path,
+                    help="ground-truth JSON (SA-Co or COCO); repeat for the oracle over several SA-Co files")
+    ev.add_argument("--pred", required=True, type=Path, help="COCO-results JSON")
+    ev.add_argument("--iou-type", choices=("segm", "bbox"), default="segm")
+    ev.add_argument("--format", choices=("saco", "coco"), default=None, help="override format detection")
+    ev.add_argument("--out", type=Path, default=Path("metrics.json"))
+    ev.add_argument("--report", type=Path, help="markdown report (a PNG plot is written beside it)")
+    ev.set_defaults(func=cmd_eval)
 
     info = verbs.add_parser("info", help="parameter counts per component and LoRA preset")
     info.add_argument("--model", default="sam3", help=model_help)

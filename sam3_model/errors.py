@@ -26,3 +26,7 @@ class ConfigError(Sam3AdaptError):
 
 class TargetError(Sam3AdaptError):
     """Training targets (boxes, masks) are malformed."""
+
+
+class DatasetError(Sam3AdaptError):
+    """A dataset or prediction file is malformed."""
