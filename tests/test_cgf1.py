@@ -213,8 +213,8 @@ def test_loaders_roundtrip_and_category_drop(tmp_path):
 @pytest.mark.parametrize(
     "case, needle",
     [
-        ("missing", "file not found"),
-        ("truncated", "invalid or truncated JSON"),
+        ("missing", "no such ground truth file"),
+        ("truncated", "looks truncated"),
         ("no_key", "images[0]: missing required key 'is_instance_exhaustive'"),
         ("score", "[0]: score 1.5 is outside [0, 1]"),
         ("size", "[0]: mask size [3, 4]"),

@@ -23,8 +23,8 @@ from adapt.evaluation.coco import (
     coco_predictions,
     detect_format,
     image_sizes,
-    read_json,
 )
+from adapt.evaluation.jsonfiles import read_json
 from adapt.evaluation.report import phrase_rows, write_report
 from sam3_model.errors import DatasetError
 

@@ -16,7 +16,8 @@ from sam3_model.atomic import atomic_write_text
 from sam3_model.errors import ConfigError
 
 from .cgf1 import CgF1Result, evaluate_pairs, load_predictions, load_saco_truth
-from .coco import check_predictions, coco_ap, coco_pairs, coco_predictions, detect_format, image_sizes, read_json
+from .coco import check_predictions, coco_ap, coco_pairs, coco_predictions, detect_format, image_sizes
+from .jsonfiles import read_json
 from .report import write_report
 
 FORMATS = ("saco", "coco")

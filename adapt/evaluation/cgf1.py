@@ -11,7 +11,6 @@ Values match the official evaluator to ~1e-12 (see tests/test_cgf1.py), without 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
+from adapt.evaluation.jsonfiles import gc_paused, read_json
 from adapt.evaluation.pairs import PairId, PairPrediction, PairTruth
 from sam3_model.errors import DatasetError
 
@@ -299,19 +299,6 @@ class PredictionSet(dict):
         self.num_dropped_category = 0  # category_id not a GT category: silently dropped by the official code
 
 
-def _read_json(path: str | Path) -> Any:
-    """Parse a JSON file; any failure becomes a one-line `DatasetError`."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: invalid or truncated JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read ({e})") from None
-
-
 def _require(entry: Any, keys: Sequence[str], where: str) -> None:
     """Raise unless `entry` is an object holding every key."""
     if not isinstance(entry, dict):
@@ -328,11 +315,18 @@ def _number(value: Any, where: str, key: str) -> float:
     return float(value)
 
 
+_JSON_NUMBERS = (int, float)  # exact types: a JSON true/false (bool) is not a coordinate
+
+
 def _box(value: Any, where: str) -> list[float]:
     """An xywh box of 4 finite numbers."""
     if not isinstance(value, (list, tuple)) or len(value) != 4:
         raise DatasetError(f"{where}: bbox must be a list of 4 numbers [x, y, w, h], got {value!r}")
-    return [_number(v, where, "bbox") for v in value]
+    x, y, w, h = value
+    if (type(x) in _JSON_NUMBERS and type(y) in _JSON_NUMBERS and type(w) in _JSON_NUMBERS
+            and type(h) in _JSON_NUMBERS and math.isfinite(x + y + w + h)):  # fast path: one check per box
+        return [float(x), float(y), float(w), float(h)]
+    return [_number(v, where, "bbox") for v in value]  # names the offending value
 
 
 def _rle(segm: Any, height: int, width: int, where: str) -> dict:
@@ -357,7 +351,12 @@ def _rle(segm: Any, height: int, width: int, where: str) -> dict:
 
 def load_saco_truth(path: str | Path) -> SacoTruth:
     """Read one SA-Co GT file: `images[]` are the pairs, `annotations[]` their instances."""
-    data = _read_json(path)
+    with gc_paused():
+        return _load_saco_truth(path)
+
+
+def _load_saco_truth(path: str | Path) -> SacoTruth:
+    data = read_json(path, "ground truth")
     _require(data, ("images", "annotations", "categories"), f"{path}")
     if not all(isinstance(data[k], list) for k in ("images", "annotations", "categories")):
         raise DatasetError(f"{path}: images, annotations and categories must be lists")
@@ -415,7 +414,12 @@ def _fill(pair: PairTruth, items: list, path: str) -> None:
 
 def load_predictions(path: str | Path, truth: Mapping[PairId, PairTruth]) -> PredictionSet:
     """Read COCO-results predictions; a `category_id` outside the GT categories is dropped and counted."""
-    data = _read_json(path)
+    with gc_paused():
+        return _load_predictions(path, truth)
+
+
+def _load_predictions(path: str | Path, truth: Mapping[PairId, PairTruth]) -> PredictionSet:
+    data = read_json(path, "predictions")
     if not isinstance(data, list):
         raise DatasetError(f"{path}: a COCO results file must be a JSON list of predictions")
     cats = getattr(truth, "category_ids", None)

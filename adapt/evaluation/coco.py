@@ -14,12 +14,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import math
 import os
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,42 +32,6 @@ AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "A
 IOU_TYPES = ("bbox", "segm")
 
 # --------------------------------------------------------------------------------------------- reading
-
-
-def read_json(path: str | os.PathLike[str], what: str) -> Any:
-    """Parse the JSON file `path` (a `what` file: "ground truth", "predictions"), or one clear `DatasetError`."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such {what} file") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path}: is a directory, expected a {what} JSON file") from None
-    except UnicodeDecodeError as err:
-        raise DatasetError(f"{path}: {what} file is not UTF-8 text (byte {err.start})") from None
-    except OSError as err:
-        raise DatasetError(f"{path}: cannot read the {what} file ({err.strerror or err})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        hint = "; the file looks truncated" if _unclosed(text) else ""
-        raise DatasetError(
-            f"{path}: {what} file is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno}){hint}"
-        ) from None
-
-
-def _unclosed(text: str) -> bool:
-    """Whether the text ends inside a string or with brackets left open (a cut-off file); only on errors."""
-    depth, in_string, escaped = 0, False, False
-    for char in text:
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-    return in_string or depth > 0
 
 
 def detect_format(gt_json: Any, source: str = "ground truth") -> str:
