@@ -20,7 +20,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
-from adapt.evaluation.jsonfiles import gc_paused, read_json
+from adapt.evaluation.jsonfiles import gc_paused, read_json, require_keys
 from adapt.evaluation.pairs import PairId, PairPrediction, PairTruth
 from sam3_model.errors import DatasetError
 
@@ -299,15 +299,6 @@ class PredictionSet(dict):
         self.num_dropped_category = 0  # category_id not a GT category: silently dropped by the official code
 
 
-def _require(entry: Any, keys: Sequence[str], where: str) -> None:
-    """Raise unless `entry` is an object holding every key."""
-    if not isinstance(entry, dict):
-        raise DatasetError(f"{where}: expected an object, got {type(entry).__name__}")
-    for key in keys:
-        if key not in entry:
-            raise DatasetError(f"{where}: missing required key {key!r}")
-
-
 def _number(value: Any, where: str, key: str) -> float:
     """A finite JSON number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -357,17 +348,17 @@ def load_saco_truth(path: str | Path) -> SacoTruth:
 
 def _load_saco_truth(path: str | Path) -> SacoTruth:
     data = read_json(path, "ground truth")
-    _require(data, ("images", "annotations", "categories"), f"{path}")
+    require_keys(data, ("images", "annotations", "categories"), f"{path}")
     if not all(isinstance(data[k], list) for k in ("images", "annotations", "categories")):
         raise DatasetError(f"{path}: images, annotations and categories must be lists")
     cats = []
     for i, cat in enumerate(data["categories"]):
-        _require(cat, ("id",), f"{path}: categories[{i}]")
+        require_keys(cat, ("id",), f"{path}: categories[{i}]")
         cats.append(cat["id"])
     truth = SacoTruth(str(path), cats)
     for i, img in enumerate(data["images"]):
         where = f"{path}: images[{i}]"
-        _require(img, ("id", "height", "width", "is_instance_exhaustive"), where)
+        require_keys(img, ("id", "height", "width", "is_instance_exhaustive"), where)
         if img["id"] in truth:
             raise DatasetError(f"{where}: duplicate image id {img['id']!r}")
         h, w = int(_number(img["height"], where, "height")), int(_number(img["width"], where, "width"))
@@ -382,7 +373,7 @@ def _add_annotations(truth: SacoTruth, anns: list, path: str) -> None:
     grouped: dict[PairId, list[tuple[int, int, list[float] | None, dict | None, bool]]] = {}
     for i, ann in enumerate(anns):
         where = f"{path}: annotations[{i}]"
-        _require(ann, ("image_id", "category_id"), where)
+        require_keys(ann, ("image_id", "category_id"), where)
         pair = truth.get(ann["image_id"])
         if pair is None:
             raise DatasetError(f"{where}: image_id {ann['image_id']!r} is not in images[]")
@@ -429,7 +420,7 @@ def _load_predictions(path: str | Path, truth: Mapping[PairId, PairTruth]) -> Pr
     grouped: dict[PairId, list[tuple[int, float, list[float], dict | None]]] = {}
     for i, ann in enumerate(data):
         where = f"{path}: [{i}]"
-        _require(ann, ("image_id", "category_id", "score"), where)
+        require_keys(ann, ("image_id", "category_id", "score"), where)
         pair = truth.get(ann["image_id"])
         if pair is None:
             raise DatasetError(f"{where}: image_id {ann['image_id']!r} is not a pair of the GT file")

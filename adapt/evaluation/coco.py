@@ -25,6 +25,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from adapt.evaluation.jsonfiles import require_keys
 from adapt.evaluation.pairs import PairId, PairPrediction, PairTruth
 from sam3_model.errors import DatasetError
 
@@ -55,7 +56,7 @@ def image_sizes(gt_json: Mapping[str, Any], source: str = "ground truth") -> dic
     sizes: dict[Any, tuple[int, int]] = {}
     for i, img in enumerate(images):
         where = f"{source}: images[{i}]"
-        _require(img, ("id", "height", "width"), where)
+        require_keys(img, ("id", "height", "width"), where)
         h, w = img["height"], img["width"]
         if not (_is_int(h) and _is_int(w) and h > 0 and w > 0):
             raise DatasetError(f"{where}: height and width must be positive integers, got {h!r} x {w!r}")
@@ -89,7 +90,7 @@ def _category_names(gt_json: Mapping[str, Any], source: str) -> dict[Any, str]:
     names: dict[Any, str] = {}
     for i, cat in enumerate(_list_field(gt_json, "categories", source)):
         where = f"{source}: categories[{i}]"
-        _require(cat, ("id", "name"), where)
+        require_keys(cat, ("id", "name"), where)
         if cat["id"] in names:
             raise DatasetError(f"{where}: duplicate category id {cat['id']!r}")
         names[cat["id"]] = str(cat["name"])
@@ -103,7 +104,7 @@ def _annotations_by_key(
     groups: dict[tuple[Any, Any], list[dict]] = defaultdict(list)
     for i, ann in enumerate(_list_field(gt_json, "annotations", source)):
         where = f"{source}: annotations[{i}]"
-        _require(ann, ("image_id", "category_id", "bbox"), where)
+        require_keys(ann, ("image_id", "category_id", "bbox"), where)
         if ann["image_id"] not in sizes:
             raise DatasetError(f"{where}: image_id {ann['image_id']!r} is not in 'images'")
         if ann["category_id"] not in names:
@@ -164,7 +165,7 @@ def _check_entry(
     entry: Any, where: str, sizes: Mapping[Any, tuple[int, int]], category_ids: Collection[Any] | None
 ) -> None:
     """Check one COCO result: keys, score, image and category ids, box, RLE size."""
-    _require(entry, ("image_id", "category_id", "score"), where)
+    require_keys(entry, ("image_id", "category_id", "score"), where)
     if "bbox" not in entry and "segmentation" not in entry:
         raise DatasetError(f"{where}: has neither 'bbox' nor 'segmentation'")
     score = entry["score"]
@@ -296,15 +297,6 @@ def _list_field(data: Any, key: str, source: str) -> list:
     if not isinstance(data[key], list):
         raise DatasetError(f"{source}: '{key}' must be a list, got {type(data[key]).__name__}")
     return data[key]
-
-
-def _require(entry: Any, keys: Iterable[str], where: str) -> None:
-    """`entry` is an object with every key."""
-    if not isinstance(entry, Mapping):
-        raise DatasetError(f"{where}: expected an object, got {type(entry).__name__}")
-    for key in keys:
-        if key not in entry:
-            raise DatasetError(f"{where}: missing required key '{key}'")
 
 
 def _check_bbox(bbox: Any, where: str) -> None:

@@ -6,7 +6,7 @@ import contextlib
 import gc
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +61,12 @@ def _unclosed(text: str) -> bool:
         elif char in "]}":
             depth -= 1
     return in_string or depth > 0
+
+
+def require_keys(entry: Any, keys: Iterable[str], where: str) -> None:
+    """Raise a `DatasetError` naming `where` unless `entry` is a JSON object holding every key."""
+    if not isinstance(entry, Mapping):
+        raise DatasetError(f"{where}: expected an object, got {type(entry).__name__}")
+    for key in keys:
+        if key not in entry:
+            raise DatasetError(f"{where}: missing required key {key!r}")
