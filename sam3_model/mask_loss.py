@@ -36,34 +36,45 @@ def _pow(q: Tensor, gamma: float) -> Tensor:
     return q * q if gamma == 2 else q.pow(gamma)
 
 
+def _focal_dice_sums(logits: Tensor, targets: Tensor, alpha: float, gamma: float) -> tuple[Tensor, ...]:
+    """Per row: focal loss sum, dice numerator and dice denominator of (M, N) logits against binary targets."""
+    _, q, softplus, alpha_t = _terms(logits, targets, alpha)
+    focal_sum = _rowdot(softplus.mul_(alpha_t), _pow(q, gamma))
+    sum_y, sum_q, sum_yq = targets.sum(1), q.sum(1), _rowdot(targets, q)
+    numerator = 2 * (sum_y - sum_yq) + 1  # 2 sum p y + 1
+    denominator = 2 * (sum_y - sum_yq) + sum_q + 1  # sum p + sum y + 1
+    return focal_sum, numerator, denominator
+
+
+def _focal_dice_grad(logits: Tensor, targets: Tensor, numerator: Tensor, denominator: Tensor, alpha: float,
+                     gamma: float, grad_focal: Tensor, grad_dice: Tensor) -> Tensor:
+    """(M, N) gradient w.r.t. the logits of sum_m grad_focal[m] focal[m] + grad_dice[m] dice[m]."""
+    sign, q, softplus, alpha_t = _terms(logits, targets, alpha)
+    q_gamma = _pow(q, gamma)
+    one_minus_q = 1 - q
+    # d focal / dz = -q^(gamma+1) - gamma softplus(-z) q^gamma (1 - q);  dz/dx = sign
+    dfocal = softplus.mul_(one_minus_q).mul_(gamma).add_(q).mul_(q_gamma).neg_()
+    grad = dfocal.mul_(alpha_t).mul_(sign).mul_((grad_focal / logits.shape[1]).unsqueeze(1))
+    # d dice / dp_j = (numerator - 2 y_j denominator) / denominator^2;  dp/dx = q (1 - q)
+    scale = (grad_dice / denominator.pow(2)).unsqueeze(1)  # (M, 1)
+    ddice = targets.mul(-2 * denominator.unsqueeze(1)).add_(numerator.unsqueeze(1))
+    return grad.add_(ddice.mul_(scale).mul_(q).mul_(one_minus_q))
+
+
 class _BinaryFocalDice(torch.autograd.Function):
     """(M, N) logits, (M, N) binary targets -> (M,) mean focal loss and (M,) dice loss per instance."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, alpha: float, gamma: float) -> tuple[Tensor, Tensor]:
-        _, q, softplus, alpha_t = _terms(logits, targets, alpha)
-        focal = _rowdot(softplus.mul_(alpha_t), _pow(q, gamma)) / logits.shape[1]
-        sum_y, sum_q, sum_yq = targets.sum(1), q.sum(1), _rowdot(targets, q)
-        numerator = 2 * (sum_y - sum_yq) + 1
-        denominator = 2 * (sum_y - sum_yq) + sum_q + 1  # sum p + sum y + 1
+        focal_sum, numerator, denominator = _focal_dice_sums(logits, targets, alpha, gamma)
         ctx.save_for_backward(logits, targets, numerator, denominator)
         ctx.alpha, ctx.gamma = alpha, gamma
-        return focal, 1 - numerator / denominator
+        return focal_sum / logits.shape[1], 1 - numerator / denominator
 
     @staticmethod
     def backward(ctx, grad_focal: Tensor, grad_dice: Tensor) -> tuple[Tensor, None, None, None]:
-        logits, targets, numerator, denominator = ctx.saved_tensors
-        alpha, gamma = ctx.alpha, ctx.gamma
-        sign, q, softplus, alpha_t = _terms(logits, targets, alpha)
-        q_gamma = _pow(q, gamma)
-        one_minus_q = 1 - q
-        # d focal / dz = -q^(gamma+1) - gamma softplus(-z) q^gamma (1 - q);  dz/dx = sign
-        dfocal = softplus.mul_(one_minus_q).mul_(gamma).add_(q).mul_(q_gamma).neg_()
-        grad = dfocal.mul_(alpha_t).mul_(sign).mul_((grad_focal / logits.shape[1]).unsqueeze(1))
-        # d dice / dp_j = (numerator - 2 y_j denominator) / denominator^2;  dp/dx = q (1 - q)
-        scale = (grad_dice / denominator.pow(2)).unsqueeze(1)  # (M, 1)
-        ddice = targets.mul(-2 * denominator.unsqueeze(1)).add_(numerator.unsqueeze(1))
-        return grad.add_(ddice.mul_(scale).mul_(q).mul_(one_minus_q)), None, None, None
+        grad = _focal_dice_grad(*ctx.saved_tensors, ctx.alpha, ctx.gamma, grad_focal, grad_dice)
+        return grad, None, None, None
 
 
 def binary_focal_dice(logits: Tensor, targets: Tensor, alpha: float = 0.25,
@@ -71,12 +82,6 @@ def binary_focal_dice(logits: Tensor, targets: Tensor, alpha: float = 0.25,
     """Per-instance mean sigmoid focal loss and dice loss: (M, N) logits, (M, N) {0,1} targets -> (M,), (M,)."""
     dtype = torch.promote_types(logits.dtype, torch.float32)  # half precision computes in fp32, fp64 stays
     return _BinaryFocalDice.apply(logits.to(dtype), targets.to(dtype), alpha, gamma)
-
-
-def _focal_dice_sums(logits: Tensor, targets: Tensor, alpha: float, gamma: float) -> tuple[Tensor, ...]:
-    """Per row: focal loss sum, sum y, sum q, sum y q of (M, N) logits against binary targets."""
-    _, q, softplus, alpha_t = _terms(logits, targets, alpha)
-    return _rowdot(softplus.mul_(alpha_t), _pow(q, gamma)), targets.sum(1), q.sum(1), _rowdot(targets, q)
 
 
 def _upsample(low: Tensor, size_hw: tuple[int, int]) -> Tensor:
@@ -92,9 +97,7 @@ class _UpsampledFocalDice(torch.autograd.Function):
         size_hw = tuple(targets.shape[-2:])
         parts = [_focal_dice_sums(_upsample(low[i : i + chunk], size_hw), targets[i : i + chunk].flatten(1).to(low),
                                   alpha, gamma) for i in range(0, len(low), chunk)]
-        focal_sum, sum_y, sum_q, sum_yq = (torch.cat(t) for t in zip(*parts)) if parts else (low.new_zeros(0),) * 4
-        numerator = 2 * (sum_y - sum_yq) + 1
-        denominator = 2 * (sum_y - sum_yq) + sum_q + 1
+        focal_sum, numerator, denominator = (torch.cat(t) for t in zip(*parts)) if parts else (low.new_zeros(0),) * 3
         ctx.save_for_backward(low, targets, numerator, denominator)
         ctx.alpha, ctx.gamma, ctx.chunk = alpha, gamma, chunk
         return focal_sum / (size_hw[0] * size_hw[1]), 1 - numerator / denominator
@@ -109,21 +112,10 @@ class _UpsampledFocalDice(torch.autograd.Function):
             with torch.enable_grad():
                 low_chunk = low[rows].detach().requires_grad_()
                 up = _upsample(low_chunk, size_hw)  # recomputed: cheaper than keeping M canvases alive
-            grad_up = _BinaryFocalDice.backward(
-                _Saved(up.detach(), targets[rows].flatten(1).to(low), numerator[rows], denominator[rows],
-                       ctx.alpha, ctx.gamma),
-                grad_focal[rows], grad_dice[rows])[0]
+            grad_up = _focal_dice_grad(up.detach(), targets[rows].flatten(1).to(low), numerator[rows],
+                                       denominator[rows], ctx.alpha, ctx.gamma, grad_focal[rows], grad_dice[rows])
             (grad_low[rows],) = torch.autograd.grad(up, low_chunk, grad_up)
         return grad_low, None, None, None, None
-
-
-class _Saved:
-    """Stand-in for an autograd context: lets `_BinaryFocalDice.backward` run on one chunk."""
-
-    def __init__(self, logits: Tensor, targets: Tensor, numerator: Tensor, denominator: Tensor, alpha: float,
-                 gamma: float) -> None:
-        self.saved_tensors = (logits, targets, numerator, denominator)
-        self.alpha, self.gamma = alpha, gamma
 
 
 def upsampled_focal_dice(low_logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0,
