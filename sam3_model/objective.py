@@ -104,8 +104,13 @@ class Sam3Criterion:
             "loss_giou": paired_giou_loss(src_xyxy, tgt_xyxy).sum() / num_boxes,
         }
 
-    def loss_labels(self, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices) -> dict[str, Tensor]:
-        """IoU-aware BCE on per-query logits (positive phrases only) and presence BCE (every phrase)."""
+    def loss_labels(self, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
+                    total_queries: int | None = None) -> dict[str, Tensor]:
+        """IoU-aware BCE on per-query logits (positive phrases only) and presence BCE (every phrase).
+
+        Both are means over the batch's image-phrase queries; `total_queries` (default: this batch's) is the
+        count to divide by when `targets` is one chunk of a larger batch.
+        """
         c = self.config
         logits = pred.logits.float()  # (B, Q)
         prob = logits.sigmoid()
@@ -122,12 +127,13 @@ class Sam3Criterion:
             * prob ** c.negative_gamma
         has_instances = targets.has_instances.to(logits).unsqueeze(1)  # (B, 1): negatives learn via presence only
         per_query = (positive + negative) * has_instances
-        denominator = per_query.shape[0] * max(per_query.shape[1], c.pad_queries or 0)
+        queries = total_queries or per_query.shape[0]
+        denominator = queries * max(per_query.shape[1], c.pad_queries or 0)
         losses = {"loss_ce": per_query.sum() / denominator}
         if pred.presence_logits is not None:
             presence = sigmoid_focal_loss(pred.presence_logits.float(), has_instances,
                                           alpha=c.presence_alpha, gamma=c.presence_gamma, reduction="none")
-            losses["loss_presence"] = presence.mean()
+            losses["loss_presence"] = presence.sum() / queries  # (B, 1) -> mean over the batch
         return losses
 
     def loss_masks(self, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
@@ -154,19 +160,27 @@ class Sam3Criterion:
                 "loss_presence": c.loss_presence, "loss_mask": c.loss_mask, "loss_dice": c.loss_dice}
 
     def branch_terms(self, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
-                     num_boxes: Tensor) -> dict[str, Tensor]:
+                     num_boxes: Tensor, total_queries: int | None = None) -> dict[str, Tensor]:
         """Unweighted loss terms of one layer of one branch (o2o or o2m)."""
-        terms = {**self.loss_boxes(pred, targets, match, num_boxes), **self.loss_labels(pred, targets, match)}
+        terms = {**self.loss_boxes(pred, targets, match, num_boxes),
+                 **self.loss_labels(pred, targets, match, total_queries)}
         if self.config.masks and pred.masks is not None and targets.masks is not None:
             terms.update(self.loss_masks(pred, targets, match, num_boxes))
         return terms
 
-    def __call__(self, outputs: DetectorOutputs, targets: ConceptTargets) -> tuple[Tensor, dict[str, Tensor]]:
-        """Total loss (scalar) and every weighted term for logging, keyed like `o2o/loss_ce/layer5`."""
+    def __call__(self, outputs: DetectorOutputs, targets: ConceptTargets, *, num_boxes: Tensor | None = None,
+                 total_queries: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss (scalar) and every weighted term for logging, keyed like `o2o/loss_ce/layer5`.
+
+        For a batch split into phrase chunks, call once per chunk with the whole batch's `num_boxes`
+        (`global_num_boxes` of the batch) and `total_queries` (its query count): the chunk losses then sum to
+        the loss of the whole batch.
+        """
         c = self.config
         device = outputs.final.logits.device
         targets = targets.to(device)
-        num_boxes = global_num_boxes(targets, device)
+        num_boxes = global_num_boxes(targets, device) if num_boxes is None else num_boxes.to(device)
+        total_queries = total_queries or targets.batch_size
         weights = self._weights()
         num_layers = len(outputs.o2o)
         logged: dict[str, Tensor] = {}
@@ -182,11 +196,11 @@ class Sam3Criterion:
                                  c.o2m_weight))
             for name, pred, matcher, scale in branches:
                 match = matcher(pred, targets)
-                for term, value in self.branch_terms(pred, targets, match, num_boxes).items():
+                for term, value in self.branch_terms(pred, targets, match, num_boxes, total_queries).items():
                     weighted = scale * weights[term] * value
                     logged[f"{name}/{term}/layer{layer}"] = weighted.detach()
                     total = total + weighted
         if c.scale_by_sqrt_batch:
-            total = total * math.sqrt(targets.batch_size)
+            total = total * math.sqrt(total_queries)
         logged["num_boxes"] = num_boxes.detach()
         return total, logged
