@@ -11,52 +11,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from sam3_model.errors import PromptError, Sam3AdaptError
+from adapt.predict_cli import add_predict_parser
+from sam3_model.errors import Sam3AdaptError
 from sam3_model.loading import DEFAULT_HUB_ID
 from sam3_model.presets import PRESETS
 
 EXIT_USER_ERROR = 2
-
-
-def _parse_box(text: str) -> tuple[tuple[float, float, float, float], int]:
-    """'x0,y0,x1,y1' (positive) or 'x0,y0,x1,y1:neg' -> (box_xyxy_px, label)."""
-    coords, _, polarity = text.partition(":")
-    try:
-        box = tuple(float(v) for v in coords.split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 4 or polarity not in ("", "pos", "neg"):
-        raise PromptError(f"--box {text!r}: expected x0,y0,x1,y1 in pixels, optionally followed by :neg or :pos")
-    return box, 0 if polarity == "neg" else 1
-
-
-def cmd_segment(args: argparse.Namespace) -> int:
-    """Find every instance of each phrase (and/or exemplar boxes) in the images."""
-    from sam3_model.predict import ConceptSegmenter, write_coco_results
-    from sam3_model.prompting import prompt_text
-    from sam3_model.records import ConceptPrompt
-
-    boxes = [_parse_box(b) for b in args.box]
-    prompts = [ConceptPrompt(text=p) for p in args.phrase]
-    if boxes:  # exemplar boxes refine the first phrase's prompt, or form a box-only prompt
-        exemplar = ConceptPrompt(text=args.phrase[0] if args.phrase else None,
-                                 boxes_xyxy_px=[b for b, _ in boxes], box_labels=[l for _, l in boxes])
-        prompts[:1] = [exemplar]
-    if not prompts:
-        raise PromptError("give at least one --phrase or --box")
-    segmenter = ConceptSegmenter.from_pretrained(args.model, threshold=args.threshold, top_k=args.top_k,
-                                                 official_text_prompt=args.official_text_prompt, progress=True)
-    images = [str(p) for p in args.images]
-    results = segmenter(images, prompts)
-    for path, per_image in zip(images, results):
-        for result in per_image:
-            label = result.prompt.text or "(boxes)"
-            print(f"{path}\t{label}\tpresence={result.presence:.3f}\tinstances={len(result.instances)}")
-    if args.out:
-        write_coco_results(results, args.out, convention="coco",
-                           category_ids={prompt_text(p): i + 1 for i, p in enumerate(prompts)})
-        print(f"wrote {args.out}")
-    return 0
 
 
 def cmd_overfit(args: argparse.Namespace) -> int:
@@ -153,17 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
     model_help = f"preset ({', '.join(PRESETS)}), local directory, or Hub id (default {DEFAULT_HUB_ID})"
 
-    seg = verbs.add_parser("segment", help="segment every instance of a concept in images")
-    seg.add_argument("images", nargs="+", type=Path)
-    seg.add_argument("--model", default=DEFAULT_HUB_ID, help=model_help)
-    seg.add_argument("--phrase", action="append", default=[], help="noun phrase; repeat for several")
-    seg.add_argument("--box", action="append", default=[], help="exemplar box x0,y0,x1,y1[:neg] in pixels")
-    seg.add_argument("--threshold", type=float, default=0.5)
-    seg.add_argument("--top-k", type=int, default=None)
-    seg.add_argument("--official-text-prompt", action="store_true",
-                     help="add the geometry CLS token to text-only prompts, as the official SAM 3 does")
-    seg.add_argument("--out", type=Path, help="write COCO results JSON here")
-    seg.set_defaults(func=cmd_segment)
+    add_predict_parser(verbs)
 
     fit = verbs.add_parser("overfit", help="sanity check: fit one synthetic pair with the official objective")
     fit.add_argument("--model", default="tiny", help=model_help)

@@ -12,6 +12,10 @@ from PIL import Image
 from transformers import Sam3Model
 
 from adapt.cli import main
+from adapt.predict_cli import overlay_paths, parse_box
+from sam3_model.loading import load_model
+from sam3_model.predict import ConceptSegmenter
+from sam3_model.records import ConceptPrompt, decode_mask, encode_mask
 
 
 @pytest.fixture
@@ -28,41 +32,147 @@ def _one_line_error(capsys, *needles: str) -> None:
         assert needle in err, err
 
 
-def test_segment_writes_coco_results(image_path, tmp_path, capsys):
-    out = tmp_path / "results.json"
-    code = main(["segment", str(image_path), "--model", "tiny", "--phrase", "red square", "--phrase", "blue",
-                 "--box", "5,5,40,30", "--box", "50,10,80,50:neg", "--threshold", "0", "--top-k", "3",
-                 "--out", str(out)])
+def _predict(image_path, out, *argv: str) -> int:
+    return main(["predict", "--model", "tiny", "--image", str(image_path), "--out", str(out), *argv])
+
+
+def test_parse_box_and_overlay_paths(tmp_path):
+    assert parse_box("5,5,35,25") == ((5.0, 5.0, 40.0, 30.0), 1)  # x,y,w,h -> x0,y0,x1,y1
+    assert parse_box("1.5,2,3,4:neg") == ((1.5, 2.0, 4.5, 6.0), 0)
+    assert parse_box("1,2,3,4:pos")[1] == 1
+    assert overlay_paths(tmp_path / "o.png", 1) == [tmp_path / "o.png"]
+    assert overlay_paths(tmp_path / "o.png", 3) == [tmp_path / f"o_{k}.png" for k in range(3)]
+
+
+def test_predict_writes_self_describing_coco_results(image_path, tmp_path, capsys):
+    out = tmp_path / "preds.json"
+    code = _predict(image_path, out, "--prompt", "red square", "--prompt", "blue", "--box", "5,5,35,25",
+                    "--box", "50,10,30,40:neg", "--threshold", "0", "--top-k", "3", "--device", "cpu")
     assert code == 0
     entries = json.loads(out.read_text())
     assert len(entries) == 6  # 2 prompts ("red square" with its exemplar boxes, "blue") x top-3
-    assert {e["category_id"] for e in entries} == {1, 2}
-    x, y, w, h = entries[0]["bbox"]
-    assert 0 <= x and x + w <= 90.01 and 0 <= y and y + h <= 60.01  # pixels of the 90x60 image
-    assert "instances=3" in capsys.readouterr().out
+    assert {(e["category_id"], e["phrase"]) for e in entries} == {(1, "red square"), (2, "blue")}
+    for entry in entries:
+        assert set(entry) == {"image_id", "category_id", "score", "bbox", "segmentation", "area", "phrase",
+                              "file_name"}
+        assert entry["image_id"] == 0 and entry["file_name"] == str(image_path)
+        x, y, w, h = entry["bbox"]
+        assert 0 <= x and x + w <= 90.01 and 0 <= y and y + h <= 60.01  # pixels of the 90x60 image
+        assert entry["segmentation"]["size"] == [60, 90]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [line for line in lines if line.startswith(str(image_path))]  # one line per prompt
+    assert "\tred square\tinstances=3\tpresence=" in lines[0] and "\tblue\tinstances=3\tpresence=" in lines[1]
+    # the xywh boxes reach the model as the xyxy exemplars of the first prompt, with their polarity
+    segmenter = ConceptSegmenter(*load_model("tiny"), threshold=0.0, top_k=3)
+    direct = segmenter([str(image_path)], [ConceptPrompt("red square", [(5, 5, 40, 30), (50, 10, 80, 50)], [1, 0]),
+                                           "blue"])[0]
+    scores = [e["score"] for e in entries]
+    assert scores == pytest.approx([i.score for r in direct for i in r.instances], abs=1e-6)
+    plain = segmenter([str(image_path)], ["red square"])[0][0]
+    assert scores[:3] != pytest.approx([i.score for i in plain.instances], abs=1e-6)
+
+
+def test_predict_results_load_in_eval(image_path, tmp_path):
+    out = tmp_path / "preds.json"
+    assert _predict(image_path, out, "--prompt", "cat", "--prompt", "dog", "--threshold", "0", "--top-k", "2") == 0
+    mask = np.zeros((60, 90), dtype=np.uint8)
+    mask[10:30, 20:50] = 1
+    gt = {"images": [{"id": 0, "file_name": str(image_path), "height": 60, "width": 90}],
+          "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+          "annotations": [{"id": 1, "image_id": 0, "category_id": 1, "bbox": [20, 10, 30, 20], "area": 600,
+                           "iscrowd": 0, "segmentation": encode_mask(mask)}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    metrics = tmp_path / "metrics.json"
+    assert main(["eval", "--gt", str(tmp_path / "gt.json"), "--pred", str(out), "--out", str(metrics)]) == 0
+    assert json.loads(metrics.read_text())["num_pairs"] == 2 and "AP" in json.loads(metrics.read_text())
+
+
+def test_predict_box_only_prompt_is_visual(image_path, tmp_path):
+    out = tmp_path / "preds.json"
+    assert _predict(image_path, out, "--box", "10,10,20,20", "--box", "40,5,10,10:pos", "--threshold", "0",
+                    "--top-k", "2") == 0
+    entries = json.loads(out.read_text())
+    assert len(entries) == 2 and {(e["category_id"], e["phrase"]) for e in entries} == {(1, "visual")}
+
+
+def test_predict_overlay_one_image(image_path, tmp_path):
+    overlay = tmp_path / "view" / "over.png"
+    out = tmp_path / "preds.json"
+    assert _predict(image_path, out, "--prompt", "thing", "--threshold", "0", "--top-k", "3",
+                    "--overlay", str(overlay)) == 0
+    assert sorted(p.name for p in overlay.parent.iterdir()) == ["over.png"]  # that path, no temp file left
+    source = np.asarray(Image.open(image_path).convert("RGB")).astype(int)
+    drawn = np.asarray(Image.open(overlay).convert("RGB")).astype(int)
+    assert drawn.shape == source.shape == (60, 90, 3)
+    masks = np.any([decode_mask(e["segmentation"]) for e in json.loads(out.read_text())], axis=0)
+    assert masks.sum() > 0 and (drawn != source).any(-1)[masks].mean() > 0.9  # masks are blended in
+
+    assert _predict(image_path, out, "--prompt", "thing", "--threshold", "1", "--overlay", str(overlay)) == 0
+    assert json.loads(out.read_text()) == []
+    drawn = np.asarray(Image.open(overlay).convert("RGB")).astype(int)
+    assert np.array_equal(drawn[20:], source[20:])  # no instance: only the legend (top left) is drawn
+
+
+def test_predict_several_images(image_path, tmp_path, capsys):
+    second = tmp_path / "second.jpg"
+    Image.fromarray((np.random.default_rng(1).random((40, 50, 3)) * 255).astype(np.uint8)).save(second)
+    out, overlay = tmp_path / "preds.json", tmp_path / "over.png"
+    assert main(["predict", "--model", "tiny", "--image", str(image_path), "--image", str(second),
+                 "--prompt", "a", "--prompt", "b", "--threshold", "0", "--top-k", "1",
+                 "--out", str(out), "--overlay", str(overlay)]) == 0
+    entries = json.loads(out.read_text())
+    assert [(e["image_id"], e["file_name"], e["category_id"], e["phrase"]) for e in entries] == [
+        (0, str(image_path), 1, "a"), (0, str(image_path), 2, "b"), (1, str(second), 1, "a"), (1, str(second), 2, "b")]
+    assert entries[2]["segmentation"]["size"] == [40, 50]
+    assert not overlay.exists()
+    assert Image.open(tmp_path / "over_0.png").size == (90, 60) and Image.open(tmp_path / "over_1.png").size == (50, 40)
+    assert len([line for line in capsys.readouterr().out.splitlines() if "instances=" in line]) == 4
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--phrase", ""], "prompt 0"),
-    (["--phrase", "x", "--box", "1,2,3"], "--box"),
-    (["--phrase", "x", "--box", "10,10,10,30"], "prompt 0"),  # zero width
-    (["--box", "10,10,500,30"], "prompt 0"),  # outside the 90x60 image, box-only prompt
+    (["--prompt", ""], "--prompt ''"),
+    (["--prompt", "  "], "empty phrase"),
+    ([], "--prompt"),  # nothing to find
+    (["--prompt", "x", "--prompt", "x"], "twice"),
+    (["--prompt", "x", "--box", "1,2,3"], "--box '1,2,3'"),
+    (["--prompt", "x", "--box", "1,2,a,4"], "--box '1,2,a,4'"),
+    (["--prompt", "x", "--box", "1,2,3,4:maybe"], "polarity"),
+    (["--prompt", "x", "--box", "10,10,0,30"], "--box '10,10,0,30'"),  # zero width
+    (["--prompt", "x", "--box", "1,2,nan,4"], "finite"),
+    (["--box", "10,10,500,30"], "outside the 90x60"),  # box-only prompt, outside the image
+    (["--prompt", "x", "--box=-1,10,5,5"], "--box '-1,10,5,5'"),
+    (["--prompt", "x", "--overlay", "o.unknownext"], "--overlay"),
+    (["--prompt", "x", "--device", "nonsense"], "--device"),
+    (["--prompt", "x", "--top-k", "-1"], "top_k"),
 ])
-def test_segment_bad_prompts_exit_2(image_path, capsys, argv, needle):
-    assert main(["segment", str(image_path), "--model", "tiny", *argv]) == 2
+def test_predict_bad_input_exits_2(image_path, tmp_path, capsys, argv, needle):
+    out = tmp_path / "preds.json"
+    assert _predict(image_path, out, *argv) == 2
     _one_line_error(capsys, needle)
+    assert not out.exists()
 
 
-def test_segment_undecodable_image_exits_2(tmp_path, capsys):
-    bad = tmp_path / "broken.jpg"
-    bad.write_bytes(b"not an image at all")
-    assert main(["segment", str(bad), "--model", "tiny", "--phrase", "x"]) == 2
-    _one_line_error(capsys, "broken.jpg")
+def test_predict_boxes_need_exactly_one_image(image_path, tmp_path, capsys):
+    assert main(["predict", "--model", "tiny", "--image", str(image_path), "--image", str(image_path),
+                 "--prompt", "x", "--box", "1,1,5,5", "--out", str(tmp_path / "p.json")]) == 2
+    _one_line_error(capsys, "--box", "one image")
+
+
+@pytest.mark.parametrize("name,content", [("broken.jpg", b"not an image at all"), ("missing.png", None)])
+def test_predict_bad_image_exits_2(image_path, tmp_path, capsys, name, content):
+    bad = tmp_path / name
+    if content is not None:
+        bad.write_bytes(content)
+    assert main(["predict", "--model", "tiny", "--image", str(image_path), "--image", str(bad), "--prompt", "x",
+                 "--out", str(tmp_path / "p.json")]) == 2
+    _one_line_error(capsys, name)
+    assert not (tmp_path / "p.json").exists()
 
 
 def test_unreachable_model_exits_2(image_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert main(["segment", str(image_path), "--model", "no-such-org/no-such-model", "--phrase", "x"]) == 2
+    assert main(["predict", "--image", str(image_path), "--model", "no-such-org/no-such-model", "--prompt", "x",
+                 "--out", "p.json"]) == 2
     _one_line_error(capsys, "no-such-org/no-such-model", "local directory")
     assert main(["export", "--model", "./missing-dir", "--out", "x"]) == 2
     _one_line_error(capsys, "missing-dir")
@@ -90,7 +200,8 @@ def test_overfit_then_export(tmp_path, capsys):
 def test_console_script_prints_no_traceback(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"garbage")
-    proc = subprocess.run([sys.executable, "-m", "adapt.cli", "segment", str(bad), "--model", "tiny",
-                           "--phrase", "x"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "adapt.cli", "predict", "--image", str(bad), "--model", "tiny",
+                           "--prompt", "x", "--out", str(tmp_path / "p.json")], check=False, capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "broken.jpg" in proc.stderr

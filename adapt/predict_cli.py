@@ -1,0 +1,206 @@
+"""The `predict` verb: images x concept prompts (phrases and/or exemplar boxes) -> COCO results JSON and overlays.
+
+Boxes are x,y,w,h in pixels of the image (the COCO convention), converted to the (x0, y0, x1, y1) exemplar boxes
+of `ConceptPrompt`; they refine the first --prompt, or form a box-only prompt (phrase "visual") when there is
+none. Box coordinates belong to one image, so --box takes exactly one --image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from sam3_model.atomic import atomic_write_text, umask
+from sam3_model.errors import ConfigError, ImageError, PromptError
+from sam3_model.loading import DEFAULT_HUB_ID
+from sam3_model.presets import PRESETS
+from sam3_model.records import ConceptPrompt
+
+Box = tuple[float, float, float, float]
+_BOX_TOLERANCE_PX = 1e-3  # as sam3_model.prompting: a box may touch the image border up to rounding
+
+
+def parse_box(text: str) -> tuple[Box, int]:
+    """'x,y,w,h' (positive), 'x,y,w,h:pos' or 'x,y,w,h:neg' in pixels -> (box_xyxy_px, label 1 or 0)."""
+    coords, _, polarity = text.partition(":")
+    try:
+        x, y, w, h = (float(v) for v in coords.split(","))
+    except ValueError:
+        raise PromptError(f"--box {text!r}: expected x,y,w,h in pixels (COCO convention), optionally followed "
+                          "by :neg or :pos") from None
+    if polarity not in ("", "pos", "neg"):
+        raise PromptError(f"--box {text!r}: unknown polarity {polarity!r}; use :neg or :pos")
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise PromptError(f"--box {text!r}: coordinates must be finite numbers")
+    if w <= 0 or h <= 0:
+        raise PromptError(f"--box {text!r}: width and height must be positive (the box is x,y,w,h, not x0,y0,x1,y1)")
+    return (x, y, x + w, y + h), 0 if polarity == "neg" else 1
+
+
+def build_prompts(texts: Sequence[str], boxes: Sequence[tuple[Box, int]]) -> list[ConceptPrompt]:
+    """One prompt per phrase, the exemplar boxes attached to the first (or alone, a box-only prompt)."""
+    for text in texts:
+        if not text.strip():
+            raise PromptError(f"--prompt {text!r}: empty phrase; give a noun phrase such as 'red car'")
+    seen = set()
+    for text in texts:
+        if text in seen:
+            raise PromptError(f"--prompt {text!r} is given twice; each phrase gets one category id")
+        seen.add(text)
+    if not texts and not boxes:
+        raise PromptError("nothing to find: give at least one --prompt TEXT or --box x,y,w,h")
+    prompts = [ConceptPrompt(text=t) for t in texts]
+    if boxes:
+        exemplar = ConceptPrompt(text=texts[0] if texts else None, boxes_xyxy_px=[b for b, _ in boxes],
+                                 box_labels=[label for _, label in boxes])
+        prompts[:1] = [exemplar]
+    return prompts
+
+
+def overlay_paths(overlay: Path, n_images: int) -> list[Path]:
+    """`overlay` itself for one image; `<stem>_<k><suffix>` beside it for image k of several."""
+    if n_images == 1:
+        return [overlay]
+    return [overlay.with_name(f"{overlay.stem}_{k}{overlay.suffix}") for k in range(n_images)]
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    """(H, W) of an image file, read from its header; `ImageError` if it is missing or not an image."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
+        raise ImageError(f"{path}: cannot read or decode the image ({type(err).__name__}: {err})") from None
+
+
+def _check_boxes_inside(texts: Sequence[str], boxes: Sequence[tuple[Box, int]], path: str) -> None:
+    """Raise `PromptError` naming the --box text when a box leaves the image."""
+    height, width = _image_size(path)
+    tol = _BOX_TOLERANCE_PX
+    for text, ((x0, y0, x1, y1), _) in zip(texts, boxes):
+        if min(x0, y0) < -tol or x1 > width + tol or y1 > height + tol:
+            raise PromptError(f"--box {text!r}: outside the {width}x{height} (WxH) image {path}; boxes are "
+                              "x,y,w,h in pixels of the original image")
+
+
+def _image_format(path: Path) -> str:
+    """PIL's format name for the file extension of `path`; `ConfigError` when it has none."""
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise ConfigError(f"--overlay {path}: unknown image extension {path.suffix!r}; use .png")
+    return image_format
+
+
+def save_image_atomic(image: Image.Image, path: Path) -> Path:
+    """Save `image` through a temp file in the same folder and `os.replace` (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(fd, 0o666 & ~umask())
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format=_image_format(path))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _device(name: str | None) -> str:
+    """The --device to run on: as given (checked), else cuda when available, else cpu."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r}: not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu")
+    return name
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Find every instance of each prompt in each image; write COCO results JSON and optional overlays."""
+    from adapt.overlay import render_overlay
+    from sam3_model.predict import ConceptSegmenter, load_image, to_coco_results
+    from sam3_model.prompting import prompt_text
+
+    images: list[str] = list(args.image)  # as given: they are the results' file_name
+    boxes = [parse_box(b) for b in args.box]
+    prompts = build_prompts(args.prompt, boxes)
+    if boxes and len(images) != 1:
+        raise PromptError(f"--box is in pixels of one image, but {len(images)} --image were given; "
+                          "run predict once per image to use exemplar boxes")
+    overlays = overlay_paths(args.overlay, len(images)) if args.overlay else []
+    if args.overlay:
+        _image_format(args.overlay)
+    for path in images:  # fail before the (slow) model load on a missing or unreadable file
+        _image_size(path)
+    if boxes:
+        _check_boxes_inside(args.box, boxes, images[0])
+    device = _device(args.device)
+
+    segmenter = ConceptSegmenter.from_pretrained(args.model, device=device, threshold=args.threshold,
+                                                 top_k=args.top_k, official_text_prompt=args.official_text_prompt)
+    category_ids = {prompt_text(p): k + 1 for k, p in enumerate(prompts)}
+    phrases = {k: phrase for phrase, k in category_ids.items()}
+    results = []
+    entries: list[dict] = []
+    for k, path in enumerate(images):
+        per_image = segmenter([path], prompts, image_ids=[k])[0]
+        results.append(per_image)
+        for result in per_image:
+            print(f"{path}\t{prompt_text(result.prompt)}\tinstances={len(result.instances)}\t"
+                  f"presence={result.presence:.3f}")
+        for entry in to_coco_results([per_image], convention="coco", category_ids=category_ids):
+            entries.append({**entry, "phrase": phrases[entry["category_id"]], "file_name": str(path)})
+    atomic_write_text(args.out, json.dumps(entries))
+    print(f"wrote {args.out} ({len(entries)} results)")
+    for path, per_image, overlay in zip(images, results, overlays):
+        save_image_atomic(render_overlay(load_image(path, path), per_image), overlay)
+        print(f"wrote {overlay}")
+    return 0
+
+
+def add_predict_parser(verbs: argparse._SubParsersAction) -> None:
+    """Register the `predict` verb on the CLI's subparsers."""
+    model_help = f"preset ({', '.join(PRESETS)}), local directory, or Hub id (default {DEFAULT_HUB_ID})"
+    pred = verbs.add_parser(
+        "predict", help="find every instance of each concept (phrase and/or exemplar boxes) in images",
+        description="Find every instance of each --prompt in each --image and write COCO results JSON: "
+                    "image_id is the image's index in the --image list, category_id is 1..K in --prompt order, "
+                    "and each result also carries 'phrase' and 'file_name'.",
+    )
+    pred.add_argument("--model", default=DEFAULT_HUB_ID, help=model_help)
+    pred.add_argument("--image", action="extend", nargs="+", required=True, metavar="PATH",
+                      help="image file; repeat (or list several) for more images")
+    pred.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                      help="noun phrase to find; repeat for several (category ids 1..K in this order)")
+    pred.add_argument("--box", action="append", default=[], metavar="x,y,w,h[:neg]",
+                      help="exemplar box x,y,w,h in pixels of the image (COCO convention), positive unless "
+                           "followed by :neg; repeat for several. Boxes refine the first --prompt, or form a "
+                           "box-only prompt (phrase 'visual') without one; they need exactly one --image")
+    pred.add_argument("--threshold", type=float, default=0.5,
+                      help="keep instances with score > threshold (default 0.5; 0 for COCO AP)")
+    pred.add_argument("--top-k", type=int, default=None, help="at most this many instances per image and prompt")
+    pred.add_argument("--official-text-prompt", action="store_true",
+                      help="add the geometry CLS token to text-only prompts, as the official SAM 3 does")
+    pred.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    pred.add_argument("--out", type=Path, required=True, metavar="PREDS.JSON", help="write COCO results JSON here")
+    pred.add_argument("--overlay", type=Path, metavar="OUT.PNG",
+                      help="draw the instances over the image: with one --image, exactly this file; with "
+                           "several, <stem>_<k>.png beside it for the image at index k (0-based)")
+    pred.set_defaults(func=cmd_predict)
