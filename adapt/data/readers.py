@@ -1,0 +1,31 @@
+"""Read a training dataset of any supported format, then check its image files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from adapt.evaluation.coco import detect_format
+from adapt.evaluation.jsonfiles import gc_paused, read_json
+from sam3_model.errors import ConfigError
+
+from .coco_reader import read_coco_json
+from .image_check import check_images
+from .records import ReadResult
+from .saco_reader import read_saco_json
+
+FORMATS = ("auto", "coco", "saco")
+
+
+def read_dataset(path: str | os.PathLike[str], format: str = "auto", image_root: str | os.PathLike[str] | None = None,
+                 name: str | None = None, check_image_files: bool = True) -> ReadResult:  # fmt: skip
+    """Read a COCO or SA-Co file ("auto": SA-Co when images carry `text_input`), then check the images exist."""
+    if format not in FORMATS:
+        raise ConfigError(f"dataset format must be one of {', '.join(FORMATS)}, got {format!r}")
+    with gc_paused():
+        data = read_json(path, "dataset annotation")
+        if format == "auto":
+            format = detect_format(data, str(path))
+        reader = read_saco_json if format == "saco" else read_coco_json
+        result = reader(data, path, image_root, name if name is not None else Path(path).stem)
+    return check_images(result, str(path)) if check_image_files else result
