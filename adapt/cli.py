@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from adapt.data.convert_cli import add_convert_parser
 from adapt.predict_cli import add_predict_parser
 from sam3_model.errors import Sam3AdaptError
 from sam3_model.loading import DEFAULT_HUB_ID
@@ -33,10 +34,21 @@ def cmd_overfit(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a model (optionally with a LoRA adapter merged) for transformers or video tracking."""
+    """Export a training checkpoint or a model (optionally with a LoRA adapter merged) for transformers or video."""
+    kind = "video" if args.video else "adapter" if args.adapter_only else "merged"
+    if args.video and args.adapter_only:
+        raise Sam3AdaptError("choose one of --video and --adapter-only")
+    if (args.checkpoint is None) == (args.model is None):
+        raise Sam3AdaptError("give exactly one of --checkpoint (a training checkpoint) and --model")
+    if args.checkpoint is not None:
+        from adapt.training.checkpoints import export_checkpoint
+
+        out = export_checkpoint(args.checkpoint, args.out, kind, base_video_dir=args.base_video, data=args.data)
+        print(f"wrote {kind} export of {args.checkpoint} to {out}")
+        return 0
     from peft import PeftModel
 
-    from sam3_model.export import export_merged, export_video
+    from sam3_model.export import export_adapter, export_merged, export_video
     from sam3_model.loading import load_model
     from sam3_model.model_card import ModelCardInfo
 
@@ -47,11 +59,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         model = PeftModel.from_pretrained(model, args.adapter)
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else {}
     card = ModelCardInfo(base_model=args.model, data=args.data, recipe=args.recipe, metrics=metrics)
-    if args.kind == "merged":
+    if kind == "adapter":
+        if not args.adapter:
+            raise Sam3AdaptError("--adapter-only with --model needs --adapter (the adapter to re-export)")
+        out = export_adapter(model, args.out, card)
+    elif kind == "merged":
         out = export_merged(model, processor, args.out, card)
     else:
         out = export_video(model, args.out, card, base_video_dir=args.base_video)
-    print(f"wrote {args.kind} export to {out}")
+    print(f"wrote {kind} export to {out}")
     return 0
 
 
@@ -113,7 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
     model_help = f"preset ({', '.join(PRESETS)}), local directory, or Hub id (default {DEFAULT_HUB_ID})"
 
+    for verb, what in (("fit", "fine-tune SAM 3"), ("validate", "validate a model or checkpoint"),
+                       ("test", "test a model or checkpoint")):
+        verbs.add_parser(verb, add_help=False,  # handled by LightningCLI before argparse runs (see main)
+                         help=f"{what} (LightningCLI: --config FILE.yaml, --print_config, --trainer.devices=8, ...)")
     add_predict_parser(verbs)
+    add_convert_parser(verbs)
 
     fit = verbs.add_parser("overfit", help="sanity check: fit one synthetic pair with the official objective")
     fit.add_argument("--model", default="tiny", help=model_help)
@@ -125,11 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", type=Path, default=Path("runs/overfit"))
     fit.set_defaults(func=cmd_overfit)
 
-    exp = verbs.add_parser("export", help="export for transformers (merged) or Sam3VideoModel (video)")
-    exp.add_argument("--model", required=True, help=model_help)
-    exp.add_argument("--adapter", help="LoRA adapter directory to merge")
-    exp.add_argument("--kind", choices=("merged", "video"), default="merged")
-    exp.add_argument("--base-video", help="video checkpoint directory whose tracker to keep (kind video)")
+    exp = verbs.add_parser("export", help="export a checkpoint or model for transformers, peft or Sam3VideoModel")
+    exp.add_argument("--checkpoint", help="training checkpoint (.ckpt) written by `sam3-adapt fit`")
+    exp.add_argument("--model", help=model_help + "; instead of --checkpoint")
+    exp.add_argument("--adapter", help="LoRA adapter directory to merge (with --model)")
+    exp.add_argument("--adapter-only", action="store_true", help="write the LoRA adapter alone (peft format)")
+    exp.add_argument("--video", action="store_true", help="write a Sam3VideoModel whose detector is the adapted model")
+    exp.add_argument("--base-video", help="video checkpoint directory whose tracker to keep (with --video)")
     exp.add_argument("--data", default="unspecified", help="training data, for the model card")
     exp.add_argument("--recipe", default="unspecified", help="recipe, for the model card")
     exp.add_argument("--metrics", help="JSON file of metrics, for the model card")
@@ -153,9 +176,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
+
+
+def _run_lightning(argv: list[str]) -> int:
+    """`fit`, `validate` and `test` go to LightningCLI (its own parser: --config, --print_config, overrides)."""
+    from adapt.training.cli import run_lightning_cli
+
+    try:
+        run_lightning_cli(argv)
+    except Sam3AdaptError as err:
+        print(f"sam3-adapt: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sam3-adapt` console script."""
     warnings.filterwarnings("ignore", category=FutureWarning)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        return _run_lightning(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

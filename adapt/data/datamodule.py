@@ -1,0 +1,170 @@
+"""`Sam3DataModule`: datasets on disk -> checked samples -> transformed images with many phrases each -> batches.
+
+Training mixes several datasets with weights (e.g. SYN:HQ 1:1) and caps each at `max_images` (data-size
+sweeps). Every dataset is read and checked in `setup` before any step runs: with `on_error="stop"` (default) a
+bad entry stops training with a message listing the first problems; with `on_error="skip"` the bad images are
+left out and their count is logged. Hard-negative phrases of a dataset are sampled into each of its images.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+from PIL import Image
+from torch.utils.data import ConcatDataset, DataLoader
+
+from adapt.data.batch import PhraseCollator
+from adapt.data.dataset import PhraseDataset
+from adapt.data.mixing import MixtureSampler, cap_samples
+from adapt.data.problems import resolve_problems
+from adapt.data.readers import read_dataset
+from adapt.data.records import ImageSample
+from adapt.data.transforms import AugmentConfig, EvalTransform, TrainTransform
+from sam3_model.errors import ConfigError
+from sam3_model.predict import load_image
+from sam3_model.tokenizer import build_offline_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset: its annotation file and how it enters the mix."""
+
+    path: str  # COCO instance JSON or SA-Co JSON
+    format: str = "auto"  # "coco", "saco" or "auto" (detected)
+    images: str | None = None  # image folder; default: the JSON's folder
+    name: str | None = None  # default: the JSON's file stem
+    weight: float = 1.0  # share of training draws, relative to the other training datasets
+    max_images: int | None = None  # keep a fixed subset of this many images (data-size sweeps)
+    hard_negatives: list[str] = field(default_factory=list)  # phrases absent from this dataset's images
+    negatives_per_image: int = 3  # hard negatives sampled into each image's prompts (when the list is given)
+
+
+class Sam3DataModule(L.LightningDataModule):
+    """Train, validation and test data for `Sam3FineTuner`.
+
+    `batch_size`: images per step and device (each with all its phrases); `samples_per_epoch`: training draws
+    per epoch (default: the total number of training images); `image_size`: the model canvas (default: the
+    attached model's); `on_error`: "stop" or "skip" bad entries; `check_image_files`: open every image in setup.
+    """
+
+    def __init__(
+        self,
+        train: list[DatasetSpec] | None = None,
+        val: list[DatasetSpec] | None = None,
+        test: list[DatasetSpec] | None = None,
+        batch_size: int = 1,
+        num_workers: int = 2,
+        augment: AugmentConfig = AugmentConfig(),  # noqa: B008 - never mutated
+        samples_per_epoch: int | None = None,
+        image_size: int | None = None,
+        on_error: str = "stop",
+        check_image_files: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.train_specs, self.val_specs, self.test_specs = list(train or []), list(val or []), list(test or [])
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
+        self.samples_per_epoch, self.image_size, self.on_error = samples_per_epoch, image_size, on_error
+        self.check_image_files, self.seed = check_image_files, seed
+        self.num_skipped = 0
+        self._samples: dict[str, list[list[ImageSample]]] = {}
+        self._datasets: dict[str, list[PhraseDataset]] = {}
+
+    # ----- reading ------------------------------------------------------------------------------------------
+    def _read(self, spec: DatasetSpec) -> list[ImageSample]:
+        """Read, check and cap one dataset; bad entries stop or are skipped (counted) per `on_error`."""
+        result = read_dataset(spec.path, format=spec.format, image_root=spec.images, name=spec.name,
+                              check_image_files=self.check_image_files)
+        self.num_skipped += resolve_problems(result.problems, self.on_error, spec.path)
+        samples = cap_samples(result.samples, spec.max_images)
+        if not samples:
+            raise ConfigError(f"{spec.path}: no usable image in this dataset")
+        return samples
+
+    def _canvas(self) -> int:
+        if self.image_size is not None:
+            return self.image_size
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or not hasattr(module, "image_size"):
+            raise ConfigError("data.image_size is not set and no Sam3FineTuner is attached to give it")
+        return module.image_size
+
+    def _tokenizer(self):
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        processor = getattr(module, "processor", None)
+        return processor.tokenizer if processor is not None else build_offline_tokenizer()
+
+    def setup(self, stage: str) -> None:
+        """Read and check the datasets the stage needs (once), then build their torch datasets."""
+        canvas = self._canvas()
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}[stage]
+        for split in wanted:
+            if split in self._datasets:
+                continue
+            specs = {"train": self.train_specs, "val": self.val_specs, "test": self.test_specs}[split]
+            if split == "train" and not specs:
+                raise ConfigError("data.train lists no dataset; give at least one {path: ...}")
+            samples = [self._read(spec) for spec in specs]
+            transform = TrainTransform(canvas, self.augment) if split == "train" else EvalTransform(canvas)
+            self._samples[split] = samples
+            self._datasets[split] = [
+                PhraseDataset(s, transform, spec.hard_negatives, spec.negatives_per_image if spec.hard_negatives else 0)
+                for s, spec in zip(samples, specs)
+            ]
+        if self.num_skipped:
+            log.warning("left out %d bad dataset entries (data.on_error=skip)", self.num_skipped)
+
+    # ----- loaders ------------------------------------------------------------------------------------------
+    def _loader(self, dataset, shuffle: bool = False, sampler=None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
+                          num_workers=self.num_workers, collate_fn=PhraseCollator(self._tokenizer()),
+                          persistent_workers=self.num_workers > 0, pin_memory=False)
+
+    def train_dataloader(self) -> DataLoader:
+        """Weighted mixture of the training datasets."""
+        datasets = self._datasets["train"]
+        sampler = MixtureSampler([len(d) for d in datasets], [s.weight for s in self.train_specs],
+                                 num_samples=self.samples_per_epoch, seed=self.seed)
+        return self._loader(ConcatDataset(datasets), sampler=sampler)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """One loader per validation dataset (the metrics pool them)."""
+        return [self._loader(d) for d in self._datasets.get("val", [])]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """One loader per test dataset."""
+        return [self._loader(d) for d in self._datasets.get("test", [])]
+
+    # ----- what validation needs ----------------------------------------------------------------------------
+    def _eval_split(self) -> str:
+        trainer = self.trainer
+        return "test" if trainer is not None and trainer.testing else "val"
+
+    def val_samples(self) -> list[list[ImageSample]]:
+        """Original annotations of the samples being evaluated, per dataloader."""
+        return self._samples.get(self._eval_split(), [])
+
+    def val_image(self, dataloader_idx: int, index: int) -> Image.Image:
+        """The original image of one evaluated sample (for the validation panel)."""
+        sample = self.val_samples()[dataloader_idx][index]
+        return load_image(sample.image_path, str(sample.image_path))
+
+    @property
+    def num_train_images(self) -> int:
+        """Training images after caps and skips."""
+        return sum(len(s) for s in self._samples.get("train", []))
+
+    def describe(self) -> str:
+        """One line per split: datasets, images, weights."""
+        lines = []
+        for split, specs in (("train", self.train_specs), ("val", self.val_specs), ("test", self.test_specs)):
+            for spec, samples in zip(specs, self._samples.get(split, [])):
+                lines.append(f"{split}: {spec.name or Path(spec.path).stem} {len(samples)} images, weight {spec.weight}")
+        return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""`sam3-adapt fit|validate|test --config FILE.yaml`: LightningCLI over `Sam3FineTuner` and `Sam3DataModule`.
+
+Lightning conventions hold: `--print_config`, dotted overrides (`--trainer.devices=8`,
+`--model.trainable.mode=full`), `--ckpt_path last` to resume. Defaults a practitioner expects are set here:
+bf16-mixed, gradient clipping 0.1 (official), W&B in offline mode (no account or network; `wandb sync` uploads
+later), checkpoints always saved (last, and best by validation cgF1) under `<default_root_dir>/checkpoints`,
+and DDP with `find_unused_parameters` whenever more than one device or node is used (SAM 3 always has unused
+parameters, e.g. the geometry encoder on text-only prompts).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from adapt.data.datamodule import Sam3DataModule
+from adapt.training.module import Sam3FineTuner
+
+SUBCOMMANDS = ("fit", "validate", "test")
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "default_root_dir": "runs/fit",
+    "precision": "bf16-mixed",
+    "gradient_clip_val": 0.1,  # official: clip_grad_norm_(all params, 0.1)
+    "log_every_n_steps": 10,
+    "logger": {"class_path": "lightning.pytorch.loggers.WandbLogger",
+               "init_args": {"project": "sam3-adapt", "offline": True}},
+    "plugins": [{"class_path": "adapt.training.checkpoints.AtomicCheckpointIO"}],
+}
+
+
+def checkpoint_dir(default_root_dir: str | None) -> str:
+    """Where checkpoints go: one fixed folder per run directory, so `--ckpt_path last` finds them again."""
+    return os.path.join(default_root_dir or ".", "checkpoints")
+
+
+class Sam3CLI(LightningCLI):
+    """LightningCLI with a forced checkpoint callback, a run-directory-relative logger and the DDP default."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Two forced checkpoint callbacks: the best by validation cgF1, and `last.ckpt`, rewritten at every
+        # validation (or epoch end) and when training stops on an exception. Lightning's own save_last only
+        # refreshes last.ckpt when a top-k checkpoint is saved, i.e. not after a step that did not improve.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/cgF1", "checkpoint.mode": "max", "checkpoint.save_top_k": 1,
+            "checkpoint.filename": "best-step{step}", "checkpoint.auto_insert_metric_name": False,
+        })
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults({
+            "last_checkpoint.monitor": None, "last_checkpoint.save_top_k": 1, "last_checkpoint.filename": "last",
+            "last_checkpoint.enable_version_counter": False, "last_checkpoint.save_on_exception": True,
+        })
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
+        parser.link_arguments("trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=checkpoint_dir)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        trainer = config["trainer"]
+        root = trainer.get("default_root_dir") or "."
+        for logger in _as_list(trainer.get("logger")):
+            init_args = logger.get("init_args") if hasattr(logger, "get") else None
+            if init_args is not None and init_args.get("save_dir") in (None, ".", ""):
+                init_args["save_dir"] = root  # logs live in the run directory, beside the checkpoints
+        nodes = int(trainer.get("num_nodes") or 1)
+        many = nodes > 1 or _num_devices(trainer.get("devices"), trainer.get("accelerator")) > 1
+        if many and trainer.get("strategy") in (None, "auto", "ddp"):
+            trainer["strategy"] = "ddp_find_unused_parameters_true"
+
+
+def _num_devices(devices: Any, accelerator: Any) -> int:
+    """How many devices a Trainer would use for `devices` ("auto", -1, an int, a list or "0,1")."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    text = str(devices if devices is not None else "auto").strip()
+    if text in ("auto", "-1"):
+        import torch
+
+        on_gpu = str(accelerator or "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        return torch.cuda.device_count() if on_gpu else 1
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    return int(text) if text.isdigit() else 1
+
+
+def _as_list(value: Any) -> list:
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def run_lightning_cli(args: list[str]) -> None:
+    """Run one `fit`, `validate` or `test` subcommand with `args` (the command line after `sam3-adapt`)."""
+    import sys
+
+    # When the command line is the process's own, let LightningCLI read sys.argv: DDP's launcher re-runs it.
+    Sam3CLI(
+        Sam3FineTuner, Sam3DataModule, args=None if args == sys.argv[1:] else args, seed_everything_default=0,
+        trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "sam3-adapt"},
+    )
