@@ -91,6 +91,28 @@ def test_resume_from_last_continues_the_step_count_and_optimizer(fitted):
     assert changed
 
 
+def _served(out: Path) -> list[tuple[int, int, list[int]]]:
+    lines = [json.loads(line) for line in (out / "batches.jsonl").read_text().splitlines()]
+    return [(r["step"], r["epoch"], r["images"]) for r in lines]
+
+
+def test_resume_mid_epoch_continues_the_same_data_stream(data, tmp_path):
+    """2 steps + resume to 5 trains on the same images, in the same order, as 5 uninterrupted steps."""
+    record = "--trainer.callbacks+=recording_callbacks.RecordTrainingBatches"
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight.mkdir(), resumed.mkdir()
+    args = ["--trainer.val_check_interval=2", "--trainer.limit_val_batches=1"]
+    assert main(["fit", "--config", str(_config(straight, *data)), *args, "--trainer.max_steps=5", record,
+                 f"--trainer.callbacks.out_dir={straight}"]) == 0
+    config = _config(resumed, *data)
+    assert main(["fit", "--config", str(config), *args, "--trainer.max_steps=2", record,
+                 f"--trainer.callbacks.out_dir={resumed}"]) == 0
+    assert main(["fit", "--config", str(config), *args, "--trainer.max_steps=5", "--ckpt_path", "last", record,
+                 f"--trainer.callbacks.out_dir={resumed}"]) == 0
+    assert len(_served(straight)) == 5  # 3 batches per epoch: the resume point (step 2) is mid-epoch
+    assert _served(resumed) == _served(straight)
+
+
 def test_export_checkpoint_merged_adapter_and_video_then_predict(fitted, tmp_path, capsys):
     from transformers import Sam3Model
 
@@ -201,7 +223,7 @@ def test_ddp_two_cpu_processes_keep_identical_parameters(data, tmp_path):
     cli = Path(sys.executable).with_name("sam3-adapt")
     command = [str(cli), "fit", "--config", str(config), "--trainer.accelerator=cpu", "--trainer.devices=2",
                "--trainer.precision=32-true", "--trainer.max_steps=3",
-               "--trainer.callbacks+=ddp_digest.SaveTrainableParameters",
+               "--trainer.callbacks+=recording_callbacks.SaveTrainableParameters",
                f"--trainer.callbacks.out_dir={digest}"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

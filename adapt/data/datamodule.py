@@ -9,8 +9,10 @@ left out and their count is logged. Hard-negative phrases of a dataset are sampl
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from PIL import Image
@@ -42,6 +44,37 @@ class DatasetSpec:
     max_images: int | None = None  # keep a fixed subset of this many images (data-size sweeps)
     hard_negatives: list[str] = field(default_factory=list)  # phrases absent from this dataset's images
     negatives_per_image: int = 3  # hard negatives sampled into each image's prompts (when the list is given)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader Lightning can checkpoint mid-epoch: restored, its next pass skips the batches already trained on.
+
+    Lightning saves `state_dict()` in every checkpoint and calls `load_state_dict()` on resume; `progress` reports
+    how many batches of the current epoch the trainer has completed. The skip goes through `MixtureSampler` when
+    it is the sampler (nothing is loaded); behind a distributed sampler wrapper the skipped batches are drawn and
+    discarded, which is exact but loads them.
+    """
+
+    def __init__(self, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress = progress
+        self._to_skip = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_done": int(self._progress()) if self._progress is not None else 0}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._to_skip = int(state.get("batches_done", 0))
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self._to_skip = self._to_skip, 0
+        if skip and isinstance(self.sampler, MixtureSampler) and self.batch_size:
+            self.sampler.skip_next(skip * self.batch_size)
+            skip = 0
+        iterator = super().__iter__()
+        for _ in range(skip):
+            next(iterator, None)
+        return iterator
 
 
 class Sam3DataModule(L.LightningDataModule):
@@ -122,17 +155,25 @@ class Sam3DataModule(L.LightningDataModule):
             log.warning("left out %d bad dataset entries (data.on_error=skip)", self.num_skipped)
 
     # ----- loaders ------------------------------------------------------------------------------------------
-    def _loader(self, dataset, shuffle: bool = False, sampler=None) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
-                          num_workers=self.num_workers, collate_fn=PhraseCollator(self._tokenizer()),
-                          persistent_workers=self.num_workers > 0, pin_memory=False)
+    def _loader(self, dataset, sampler=None, resumable: bool = False) -> DataLoader:
+        kwargs = dict(batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                      collate_fn=PhraseCollator(self._tokenizer()), persistent_workers=self.num_workers > 0)
+        if resumable:
+            return ResumableDataLoader(dataset, progress=self._batches_done_this_epoch, **kwargs)
+        return DataLoader(dataset, **kwargs)
+
+    def _batches_done_this_epoch(self) -> int:
+        """Training batches the trainer has completed in the current epoch (what a resumed run must skip)."""
+        if self.trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 
     def train_dataloader(self) -> DataLoader:
         """Weighted mixture of the training datasets."""
         datasets = self._datasets["train"]
         sampler = MixtureSampler([len(d) for d in datasets], [s.weight for s in self.train_specs],
                                  num_samples=self.samples_per_epoch, seed=self.seed)
-        return self._loader(ConcatDataset(datasets), sampler=sampler)
+        return self._loader(ConcatDataset(datasets), sampler=sampler, resumable=True)
 
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per validation dataset (the metrics pool them)."""

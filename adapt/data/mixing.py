@@ -60,10 +60,15 @@ class MixtureSampler(Sampler[int]):
         self.num_samples = num_samples
         self.seed = seed
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the draw of `epoch` (deterministic in (seed, epoch))."""
         self.epoch = epoch
+
+    def skip_next(self, draws: int) -> None:
+        """Make the next pass start after its first `draws` draws (resuming mid-epoch, nothing is loaded)."""
+        self._skip = max(0, int(draws))
 
     def __len__(self) -> int:
         return self.num_samples
@@ -77,4 +82,5 @@ class MixtureSampler(Sampler[int]):
             cycles = -(-len(where) // size)
             walk = np.concatenate([rng.permutation(size) for _ in range(cycles)] or [np.zeros(0, np.int64)])
             indices[where] = self.offsets[d] + walk[: len(where)]
-        return iter(indices.tolist())
+        skip, self._skip = self._skip, 0
+        return iter(indices[skip:].tolist())

@@ -1,0 +1,36 @@
+"""Test-only callbacks: what each rank ends with (DDP test), and which images each step trained on (resume test)."""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+import torch
+
+
+class SaveTrainableParameters(L.Callback):
+    """Write `{out_dir}/rank{global_rank}.pt`: the trainable parameters this rank ends with."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        os.makedirs(self.out_dir, exist_ok=True)
+        params = {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+        torch.save({"params": params, "world_size": trainer.world_size, "step": trainer.global_step},
+                   os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+
+
+class RecordTrainingBatches(L.Callback):
+    """Append the (dataset index) of every training batch's images to `{out_dir}/batches.jsonl` (resume test)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import json
+
+        os.makedirs(self.out_dir, exist_ok=True)
+        with open(os.path.join(self.out_dir, "batches.jsonl"), "a") as handle:
+            handle.write(json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch,
+                                     "images": [m.index for m in batch.meta]}) + "\n")
