@@ -106,6 +106,7 @@ class Sam3FineTuner(L.LightningModule):
         self.model = self._prepare(base)
         self.criterion = Sam3Criterion(self.objective_config)
         self.validation_panel: list = []
+        self.flops_per_batch: int | None = None  # read by ThroughputMonitor; not counted (varies with phrases)
         self._val_predictions: list[QueryPrediction] = []
 
     @classmethod
