@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from sam3_model.atomic import atomic_write_text, umask
+from sam3_model.atomic import atomic_write, atomic_write_text
 from sam3_model.errors import ConfigError, ImageError, PromptError
 from sam3_model.loading import DEFAULT_HUB_ID
 from sam3_model.presets import PRESETS
@@ -102,19 +100,7 @@ def _image_format(path: Path) -> str:
 
 def save_image_atomic(image: Image.Image, path: Path) -> Path:
     """Save `image` through a temp file in the same folder and `os.replace` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format=_image_format(path))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda handle: image.save(handle, format=_image_format(path)))
 
 
 def _device(name: str | None) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sam3_model.atomic import atomic_write_text, umask
+from sam3_model.atomic import atomic_write, atomic_write_text
 
 FAMILY = ("cgF1", "pmF1", "F1", "precision", "recall", "positive_micro_precision", "positive_macro_F1")
 HIDDEN = ("positive_micro_F1",)  # the same numbers as pmF1
@@ -173,17 +172,7 @@ def write_plot(curves: Mapping[str, Sequence[float]], thresholds: np.ndarray, pn
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{png.name}.", suffix=".tmp", dir=png.parent)
-    try:
-        os.chmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-        os.replace(tmp, png)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return png
+    return atomic_write(png, lambda handle: fig.savefig(handle, format="png"))
 
 
 def plot_section(png_name: str | None, curves: Mapping[str, Sequence[float]], thresholds: np.ndarray) -> list[str]:

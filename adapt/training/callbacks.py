@@ -8,8 +8,6 @@ and with several devices `train/samples_per_sec`, `train/items_per_sec` for all 
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -22,7 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from adapt.overlay import render_overlay
-from sam3_model.atomic import umask
+from sam3_model.atomic import atomic_write
 from sam3_model.errors import ConfigError
 from sam3_model.prompting import prompt_text
 from sam3_model.records import ConceptResult
@@ -141,16 +139,7 @@ def _caption(results: list[ConceptResult]) -> str:
 
 
 def _save_png_atomic(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
 
 
 class ValidationPanel(Callback):
