@@ -180,8 +180,9 @@ class Sam3FineTuner(L.LightningModule):
         loss, terms = self.batch_loss(batch)
         n = batch.num_images
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=n)
-        self.log("train/phrases_per_image", batch.num_queries / n, batch_size=n)
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:  # ~50 terms: only on steps that log
+            self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=n)
+            self.log("train/phrases_per_image", batch.num_queries / n, batch_size=n)
         return loss
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
