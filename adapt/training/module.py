@@ -203,18 +203,21 @@ class Sam3FineTuner(L.LightningModule):
         self._val_predictions, self.validation_panel = [], []
 
     def validation_step(self, batch: PhraseBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Loss, and predictions of every query mapped back to the original image."""
-        loss, _ = self.batch_loss(batch)
-        prefix = "test" if self.trainer.testing else "val"
-        self.log(f"{prefix}/loss", loss, batch_size=batch.num_images, sync_dist=True, add_dataloader_idx=False)
+        """Loss, and predictions of every query mapped back to the original image (one detector pass per chunk)."""
         vision = self.model.get_vision_features(pixel_values=batch.pixel_values)
+        num_boxes = global_num_boxes(batch.targets, batch.pixel_values.device)
         v = self.validation_config
+        loss = batch.pixel_values.new_zeros((), dtype=torch.float32)
         for start, stop in self._chunks(batch.num_queries):
-            ids, mask, index, _ = batch.query_slice(start, stop)
-            final = self._detect(vision, ids, mask, index).final
+            ids, mask, index, targets = batch.query_slice(start, stop)
+            outputs = self._detect(vision, ids, mask, index)
+            loss = loss + self.criterion(outputs, targets, num_boxes=num_boxes, total_queries=batch.num_queries)[0]
+            final = outputs.final
             self._val_predictions += query_predictions(
                 final.logits, final.presence_logits, final.boxes_xyxy, final.masks, index, batch.phrases[start:stop],
                 batch.meta, dataloader_idx, self.image_size, v.min_score, v.max_detections)
+        prefix = "test" if self.trainer.testing else "val"
+        self.log(f"{prefix}/loss", loss, batch_size=batch.num_images, sync_dist=True, add_dataloader_idx=False)
         self._add_to_panel(batch, dataloader_idx)
 
     def _add_to_panel(self, batch: PhraseBatch, dataloader_idx: int) -> None:
