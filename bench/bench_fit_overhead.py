@@ -63,6 +63,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from adapt.data.batch import PhraseBatch, PhraseCollator
+from bench.machine import cpu_model
 from adapt.data.datamodule import DatasetSpec, Sam3DataModule
 from adapt.data.dataset import PhraseDataset
 from adapt.data.readers import read_dataset
@@ -286,16 +287,6 @@ def stats(times: list[float]) -> dict:
 def wait_fraction(pairs: list[tuple[float, float]]) -> float | None:
     total = sum(s for _, s in pairs)
     return sum(w for w, _ in pairs) / total if total > 0 else None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -38,7 +38,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -50,6 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import cpu_model
 from sam3_model.adapters import enable_activation_checkpointing
 from sam3_model.dac import enable_dac
 from sam3_model.detector import DetectorOutputs, LayerPredictions, run_detector
@@ -295,16 +295,6 @@ def build_criteria(names: list[str], args, clock: Clock) -> dict[str, Sam3Criter
 
 
 # ----- report ---------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def median(rows: list[dict], key: str) -> float:
     return statistics.median(row[key] for row in rows)
 
