@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image
 from scipy import ndimage
 
 from sam3_model.atomic import atomic_write_text
+from sam3_model.configfile import load_yaml_or_json
 from sam3_model.errors import ConfigError, DatasetError
 from sam3_model.records import encode_mask
 
@@ -133,19 +133,6 @@ def check_unique_names(names: Sequence[str] | Any, source: str) -> None:
         if name in seen:
             raise ConfigError(f"{source}: class name {name!r} is given twice; each class is a phrase")
         seen.add(name)
-
-
-def load_yaml_or_json(path: str | os.PathLike[str], what: str) -> Any:
-    """Parse a YAML (or JSON, a subset of it) file, or a `ConfigError` naming it."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read the {what} file ({getattr(err, 'strerror', None) or err})") from None
-    try:
-        return json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: {what} file does not parse ({str(err).splitlines()[0]})") from None
 
 
 class ConversionProblem(Exception):
