@@ -1,0 +1,225 @@
+"""A data-engine run, stage by stage: generate -> label -> verify -> merge, each resumable.
+
+`SynthRun(config, out)` builds the source, the teacher and the verifiers from a `SynthConfig`; each stage method
+runs the stage's pending shards (Lightning prediction) and can be called alone (`sam3-adapt synth label ...`),
+provided the earlier stages are done. `run()` does all four.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sam3_model.errors import ConfigError
+from sam3_model.predict import ConceptSegmenter
+from verifiers.compose import VerifierChain
+
+from .config import SynthConfig
+from .labelling import PseudoLabeller
+from .merge import MergeSettings, merge_run
+from .ontology import Ontology
+from .runner import run_stage
+from .shards import PlannedTasks, RunDir, StageOutput, fingerprint, shard_slices
+from .sources.base import ImageSource
+from .stages import GenerateStage, LabelStage, VerifyStage
+from .summary import summarize, write_summary
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _absolute(config: Any, base: Path, fields: tuple[str, ...]) -> Any:
+    """A copy of a source config whose path fields are absolute against `base` (Hub ids left alone)."""
+    changes = {}
+    for name in fields:
+        value = getattr(config, name, None)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            changes[name] = str(base / value)
+        elif isinstance(value, list) and value:
+            changes[name] = [v if os.path.isabs(v) else str(base / v) for v in value]
+    return dataclasses.replace(config, **changes)
+
+
+def _maybe_local(source: str, base: Path) -> str:
+    """`source` as a path under `base` when such a directory exists there, else unchanged (a Hub id, a preset)."""
+    candidate = base / source
+    return str(candidate) if not os.path.isabs(source) and candidate.is_dir() else source
+
+
+def teacher_dtype(name: str, accelerator: str) -> torch.dtype | None:
+    """The teacher's dtype: "auto" is bfloat16 on a GPU and float32 on CPU."""
+    if name == "auto":
+        on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+        return torch.bfloat16 if on_gpu else None
+    return _DTYPES[name]
+
+
+def build_source(config: SynthConfig, ontology: Ontology) -> ImageSource:
+    """The configured image source, with its paths resolved against the config's folder."""
+    from .sources.copy_paste import CopyPasteSource
+    from .sources.generate import GenerateSource
+    from .sources.pool import PoolSource
+    from .sources.toy import ToySource
+
+    base = Path(config.base_dir)
+    pool_fields = ("folder", "glob", "list_file", "tars")
+    kind = config.source.chosen()
+    if kind == "pool":
+        return PoolSource(_absolute(config.source.pool, base, pool_fields), ontology)
+    if kind == "toy":
+        return ToySource(config.source.toy, ontology)
+    if kind == "copy_paste":
+        cp = config.source.copy_paste
+        cp = dataclasses.replace(_absolute(cp, base, ("instances", "images")),
+                                 backgrounds=_absolute(cp.backgrounds, base, pool_fields))
+        return CopyPasteSource(cp, ontology)
+    gen = config.source.generate
+    gen = dataclasses.replace(gen, pipeline=_maybe_local(gen.pipeline, base))
+    if gen.inpaint is not None:
+        gen = dataclasses.replace(gen, inpaint=dataclasses.replace(
+            gen.inpaint, backgrounds=_absolute(gen.inpaint.backgrounds, base, pool_fields)))
+    return GenerateSource(gen, ontology)
+
+
+def build_labeller(config: SynthConfig, ontology: Ontology) -> PseudoLabeller | None:
+    """The teacher pseudo-labeller (None with `labels: exact`)."""
+    if config.labels == "exact":
+        return None
+    t = config.teacher
+    segmenter = ConceptSegmenter.from_pretrained(
+        _maybe_local(t.model, Path(config.base_dir)), image_size=t.image_size,
+        dtype=teacher_dtype(t.dtype, config.run.accelerator), prompt_batch_size=t.prompt_batch_size)
+    return PseudoLabeller(segmenter, ontology, t)
+
+
+def build_chain(config: SynthConfig) -> tuple[VerifierChain, dict[str, nn.Module]]:
+    """The configured verifier chain (cheap first) and the torch modules it runs."""
+    from verifiers.geometric import GeometricMaskVerifier, TeacherConfidenceVerifier
+
+    v, base = config.verify, Path(config.base_dir)
+    mask, exhaustivity, modules = [], [], {}
+    if v.geometric is not None:
+        mask.append(GeometricMaskVerifier(**dataclasses.asdict(v.geometric)))
+    if v.teacher_confidence is not None:
+        exhaustivity.append(TeacherConfidenceVerifier(**dataclasses.asdict(v.teacher_confidence)))
+    if v.clip is not None:
+        from verifiers.clip_score import ClipMaskVerifier
+
+        c = v.clip
+        clip = ClipMaskVerifier.from_pretrained(_maybe_local(c.model, base), threshold=c.threshold,
+                                                prompt_template=c.prompt_template,
+                                                contrast_phrases=tuple(c.contrast_phrases), batch_size=c.batch_size)
+        mask.append(clip)
+        modules["clip"] = clip.model
+    if v.agreement is not None:
+        from verifiers.agreement import TeacherAgreementVerifier
+
+        a = v.agreement
+        agree = TeacherAgreementVerifier.from_pretrained(_maybe_local(a.model, base), image_size=a.image_size,
+                                                         iou_threshold=a.iou_threshold, min_score=a.min_score)
+        mask += [agree] if a.mask else []
+        exhaustivity += [agree] if a.exhaustivity else []
+        modules["agreement"] = agree.segmenter.model
+    if v.vlm is not None:
+        from verifiers.vlm import VlmVerifier
+
+        m = v.vlm
+        vlm = VlmVerifier.from_pretrained(_maybe_local(m.model, base), threshold=m.threshold, mode=m.mode,
+                                          batch_size=m.batch_size, max_new_tokens=m.max_new_tokens)
+        mask += [vlm] if m.mask else []
+        exhaustivity += [vlm] if m.exhaustivity else []
+        modules["vlm"] = vlm.model
+    return VerifierChain(mask, exhaustivity, cascade=v.cascade), modules
+
+
+class SynthRun:
+    """One data-engine run into `out`: each stage resumable, the whole reproducible.
+
+    `chain` replaces the configured verifiers (for custom verifiers in Python; recorded by name).
+    """
+
+    def __init__(self, config: SynthConfig, out: str | os.PathLike[str], chain: VerifierChain | None = None) -> None:
+        self.config = config
+        self.ontology = config.load_ontology()
+        self.run_dir = RunDir(out)
+        self._chain = chain
+        self._source: ImageSource | None = None
+        c = dataclasses.asdict(config)
+        self._prints = {"generate": fingerprint([c["source"], self.ontology.to_json()])}
+        self._prints["label"] = fingerprint([self._prints["generate"], c["labels"], c["teacher"]])
+        verify_part = c["verify"] if chain is None else [type(x).__name__ + ":" + x.name
+                                                         for x in [*chain.mask, *chain.exhaustivity]]
+        self._prints["verify"] = fingerprint([self._prints["label"], verify_part])
+
+    # ----- plan -----------------------------------------------------------------------------------------------
+    def source(self) -> ImageSource:
+        if self._source is None:
+            self._source = build_source(self.config, self.ontology)
+        return self._source
+
+    def plan(self) -> list[dict[str, Any]]:
+        """The source's tasks, recorded in OUT/plan.json (or checked against the recorded plan)."""
+        tasks = self.source().plan()
+        keys = [t["key"] for t in tasks]
+        if len(set(keys)) != len(keys):
+            raise ConfigError("the source planned two tasks with the same key; this is a bug in the source")
+        self.run_dir.write_plan(tasks, self.config.run.shard_size, self._prints["generate"])
+        return tasks
+
+    @property
+    def num_shards(self) -> int:
+        plan = self.run_dir.read_plan()
+        return len(shard_slices(len(plan["tasks"]), plan["shard_size"]))
+
+    def _run(self, stage: Any, read_input: Any) -> int:
+        r = self.config.run
+        self.run_dir.claim_stage(stage.name, self._prints[stage.name])
+        return run_stage(stage, self.run_dir, self.num_shards, read_input, accelerator=r.accelerator,
+                         devices=r.devices, num_nodes=r.num_nodes, strategy=r.strategy, progress=r.progress)
+
+    # ----- stages ---------------------------------------------------------------------------------------------
+    def generate(self) -> int:
+        """Make (or read) every planned image; returns the shards processed."""
+        tasks = self.plan()
+        return self._run(GenerateStage(self.source(), self.run_dir), PlannedTasks(tasks, self.config.run.shard_size))
+
+    def label(self) -> int:
+        """Pseudo-label every image (the teacher, or the source's exact labels)."""
+        self._require("generate")
+        stage = LabelStage(build_labeller(self.config, self.ontology), self.ontology, self.run_dir)
+        return self._run(stage, StageOutput(self.run_dir, "generate"))
+
+    def verify(self) -> int:
+        """Run the verifiers on every labelled pair."""
+        self._require("label")
+        chain, modules = (self._chain, {}) if self._chain is not None else build_chain(self.config)
+        stage = VerifyStage(chain, self.ontology, self.run_dir, modules)
+        return self._run(stage, StageOutput(self.run_dir, "label"))
+
+    def merge(self) -> dict[str, Path]:
+        """Write the PL / SYN (/ EXACT) datasets, decisions and the summary."""
+        self._require("verify")
+        teacher = "exact" if self.config.labels == "exact" else self.config.teacher.model
+        info = {"generator": "sam3-adapt synth", "teacher": teacher, "ontology": self.ontology.to_json(),
+                "config_fingerprint": self._prints["verify"]}
+        written = merge_run(self.run_dir, self.ontology,
+                            MergeSettings(teacher, self.config.verify.non_exhaustive), self.num_shards, info)
+        written["summary"] = write_summary(summarize(self.run_dir, self.num_shards, self.ontology), self.run_dir.root)
+        return written
+
+    def run(self) -> dict[str, Path]:
+        """All stages, skipping finished shards."""
+        self.generate()
+        self.label()
+        self.verify()
+        return self.merge()
+
+    def _require(self, stage: str) -> None:
+        missing = self.run_dir.pending(stage, self.num_shards)
+        if missing:
+            raise ConfigError(f"{self.run_dir.stage_dir(stage)}: {len(missing)} of {self.num_shards} shards "
+                              f"missing; run 'sam3-adapt synth {stage}' (or 'run') first")
