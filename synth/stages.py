@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pycocotools import mask as mask_utils
 from torch import nn
 
 from sam3_model.atomic import atomic_write
@@ -76,9 +77,6 @@ class GenerateStage(Stage):
     def __init__(self, source: ImageSource, run_dir: RunDir, batch_size: int = 8) -> None:
         self.source, self.run_dir, self.batch_size = source, run_dir, batch_size
 
-    def modules(self) -> dict[str, nn.Module]:
-        return {}
-
     def setup(self, device: str) -> None:
         self.source.setup(device)
 
@@ -105,8 +103,6 @@ class GenerateStage(Stage):
 # ----- label -------------------------------------------------------------------------------------------------
 def _box_of(mask_rle: dict) -> list[float]:
     """Tight xyxy pixel box of an RLE mask."""
-    from pycocotools import mask as mask_utils
-
     counts = mask_rle["counts"]
     x, y, w, h = mask_utils.toBbox({"size": mask_rle["size"],
                                     "counts": counts.encode() if isinstance(counts, str) else counts}).tolist()

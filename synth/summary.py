@@ -91,13 +91,14 @@ def write_summary(summary: dict[str, Any], out_dir: Path) -> Path:
     g, lab, ver, syn = summary["generate"], summary["label"], summary["verify"], summary["syn"]
     parts = ["# Data-engine run summary", "",
              "## Stages", "",
-             _table([["generate", g["tasks"], g["images"], f"{g['skipped']} skipped"],
-                     ["label", lab["pairs"], lab["instances"], f"{lab['candidates']} candidates; "
-                      f"{lab['instances_via_parent']} instances via a parent prompt"],
-                     ["verify (SYN)", lab["pairs"], syn["instances_kept"],
-                      f"{syn['instances_rejected']} instances rejected; "
-                      f"{syn.get('pairs_positive', 0)} positive, {syn.get('pairs_verified_negative', 0)} verified "
-                      f"negative, {syn.get('pairs_rejected', 0)} rejected pairs"]],
+             _table([["generate", f"{g['tasks']} tasks", f"{g['images']} images", f"{g['skipped']} skipped"],
+                     ["label", f"{lab['pairs']} image-phrase pairs", f"{lab['instances']} instances",
+                      f"{lab['candidates']} candidates; {lab['instances_via_parent']} instances via a parent prompt"],
+                     ["verify", f"{lab['instances']} instances, {lab['pairs']} pairs",
+                      f"{syn['instances_kept']} instances, "
+                      f"{syn.get('pairs_positive', 0) + syn.get('pairs_verified_negative', 0)} pairs",
+                      f"{syn.get('pairs_positive', 0)} positive and {syn.get('pairs_verified_negative', 0)} verified "
+                      f"negative pairs kept; {syn.get('pairs_rejected', 0)} pairs rejected"]],
                     ["stage", "in", "out", "notes"]), ""]
     for kind in ("mask", "exhaustivity"):
         rows = [[name, c.get("judged", 0), c.get("accepted", 0), c.get("rejected", 0), c.get("unparsed", 0)]

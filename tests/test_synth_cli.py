@@ -38,7 +38,7 @@ def test_synth_run_on_a_pool_counts_an_undecodable_image_and_labels_the_rest(tmp
                            verify={"geometric": {}})
     assert main(["synth", "run", str(config), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
-    assert "| generate | 4 | 3 | 1 skipped |" in printed
+    assert "| generate | 4 tasks | 3 images | 1 skipped |" in printed
     summary = json.loads((tmp_path / "out/summary.json").read_text())
     assert summary["generate"]["skipped"] == 1 and "broken.jpg" in summary["generate"]["skipped_examples"][0]
     pl = read_dataset(tmp_path / "out/pl.json")

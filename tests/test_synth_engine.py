@@ -74,7 +74,7 @@ def test_summary_counts_each_stage(finished: Path) -> None:
     geometric = summary["verify"]["mask"].get("geometric", {"judged": 0})
     assert geometric["judged"] == summary["label"]["instances"]
     assert summary["verify"]["exhaustivity"]["teacher_confidence"]["judged"] == 18
-    assert "| generate | 6 | 6 |" in (finished / "summary.md").read_text()
+    assert "| generate | 6 tasks | 6 images | 0 skipped |" in (finished / "summary.md").read_text()
 
 
 class RejectEveryOther:
