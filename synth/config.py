@@ -162,10 +162,6 @@ class SynthConfig:
         """A config path made absolute against `base_dir` (absolute paths are left alone)."""
         return path if os.path.isabs(path) else str(Path(self.base_dir) / path)
 
-    def to_json(self) -> dict[str, Any]:
-        """The config as a JSON-ready mapping (recorded next to the run's outputs)."""
-        return asdict(self)
-
 
 def synth_config_from_mapping(data: Any, where: str, base_dir: str | os.PathLike[str] = ".") -> SynthConfig:
     """Build a `SynthConfig` from parsed YAML; relative paths resolve against `base_dir`."""
