@@ -20,18 +20,20 @@ def encode_mask(mask: np.ndarray) -> RLE:
     return rle
 
 
+def coco_rle(rle: RLE) -> dict:
+    """An RLE with bytes counts, as pycocotools wants it (ours keep str counts for JSON)."""
+    counts = rle["counts"]
+    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
 def decode_mask(rle: RLE) -> np.ndarray:
     """Compressed COCO RLE (str or bytes counts) -> binary (H, W) uint8 mask."""
-    counts = rle["counts"]
-    coded = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(coded)
+    return mask_utils.decode(coco_rle(rle))
 
 
 def mask_area(rle: RLE) -> float:
     """Foreground pixel count of an RLE mask."""
-    counts = rle["counts"]
-    return float(mask_utils.area({"size": list(rle["size"]),
-                                  "counts": counts.encode("ascii") if isinstance(counts, str) else counts}))
+    return float(mask_utils.area(coco_rle(rle)))
 
 
 @dataclass

@@ -206,9 +206,10 @@ class SynthRun:
         teacher = "exact" if self.config.labels == "exact" else self.config.teacher.model
         info = {"generator": "sam3-adapt synth", "teacher": teacher, "ontology": self.ontology.to_json(),
                 "config_fingerprint": self._prints["verify"]}
-        written = merge_run(self.run_dir, self.ontology,
-                            MergeSettings(teacher, self.config.verify.non_exhaustive), self.num_shards, info)
-        written["summary"] = write_summary(summarize(self.run_dir, self.num_shards, self.ontology), self.run_dir.root)
+        records = [r for s in range(self.num_shards) for r in self.run_dir.read_shard("verify", s)]
+        written = merge_run(records, self.run_dir, self.ontology,
+                            MergeSettings(teacher, self.config.verify.non_exhaustive), info)
+        written["summary"] = write_summary(summarize(records, self.ontology), self.run_dir.root)
         return written
 
     def run(self) -> dict[str, Path]:

@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from sam3_model.predict import ConceptSegmenter
 from sam3_model.records import ConceptResult, Instance
+from verifiers.geometric import mask_iou
 
 from .ontology import Ontology
 
@@ -54,18 +53,10 @@ def _dedupe(found: list[tuple[Instance, str]], iou: float) -> list[tuple[Instanc
     found = sorted(found, key=lambda f: -f[0].score)
     kept: list[tuple[Instance, str]] = []
     for inst, prompt in found:
-        if kept:
-            rles = [_coco_rle(k.mask) for k, _ in kept]
-            overlaps = mask_utils.iou([_coco_rle(inst.mask)], rles, [0] * len(rles))  # (1, K)
-            if np.asarray(overlaps).max() > iou:
-                continue
+        if kept and mask_iou([inst.mask], [k.mask for k, _ in kept]).max() > iou:  # (1, K)
+            continue
         kept.append((inst, prompt))
     return kept
-
-
-def _coco_rle(rle: dict) -> dict:
-    counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 @dataclass

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from sam3_model.atomic import atomic_write_text
-from sam3_model.errors import ConfigError
 from sam3_model.records import mask_area
 
 from .shards import RunDir
@@ -75,28 +74,23 @@ def _provenance(record: dict[str, Any], pair: dict[str, Any], inst: dict[str, An
             "verifiers": verdicts if verdicts is not None else []}
 
 
-def merge_run(run_dir: RunDir, ontology: Ontology, settings: MergeSettings, num_shards: int,
+def merge_run(records: list[dict[str, Any]], run_dir: RunDir, ontology: Ontology, settings: MergeSettings,
               info: dict[str, Any]) -> dict[str, Path]:  # fmt: skip
-    """Write pl.json, syn.json (and exact.json) and decisions.jsonl from the verify shards."""
-    missing = run_dir.pending("verify", num_shards)
-    if missing:
-        raise ConfigError(f"{run_dir.stage_dir('verify')}: {len(missing)} of {num_shards} shards missing "
-                          f"(first: {missing[0]}); rerun the stages to finish them before merging")
+    """Write pl.json, syn.json (and exact.json) and decisions.jsonl into `run_dir` from every verify record."""
     builders = {v: _SacoBuilder(v) for v in VARIANTS}
     decisions: list[str] = []
-    for shard in range(num_shards):
-        for record in run_dir.read_shard("verify", shard):
-            if "skipped" in record:
-                continue
-            for pair in record["pairs"]:
-                decisions.append(json.dumps(_add_pair(builders, record, pair, settings)))
-            if record.get("exact_phrases"):
-                for pair in exact_pairs(record, ontology):
-                    status = "positive" if pair["instances"] else "negative"
-                    builders["exact"].add_pair(record, pair["phrase"], True,
-                                               {"status": status, "by": "source", "reason": "exact by construction"},
-                                               [(i, _provenance(record, pair, i, settings.teacher, None))
-                                                for i in pair["instances"]])
+    for record in records:
+        if "skipped" in record:
+            continue
+        for pair in record["pairs"]:
+            decisions.append(json.dumps(_add_pair(builders, record, pair, settings)))
+        if record.get("exact_phrases"):
+            for pair in exact_pairs(record, ontology):
+                status = "positive" if pair["instances"] else "negative"
+                builders["exact"].add_pair(record, pair["phrase"], True,
+                                           {"status": status, "by": "source", "reason": "exact by construction"},
+                                           [(i, _provenance(record, pair, i, settings.teacher, None))
+                                            for i in pair["instances"]])
     written = {}
     for variant, builder in builders.items():
         if variant == "exact" and not builder.images:

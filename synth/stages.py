@@ -23,7 +23,7 @@ from torch import nn
 
 from sam3_model.atomic import atomic_write
 from sam3_model.predict import load_image
-from sam3_model.records import Instance
+from sam3_model.records import Instance, coco_rle
 from verifiers.base import VerifyItem
 from verifiers.compose import VerifierChain
 
@@ -103,9 +103,7 @@ class GenerateStage(Stage):
 # ----- label -------------------------------------------------------------------------------------------------
 def _box_of(mask_rle: dict) -> list[float]:
     """Tight xyxy pixel box of an RLE mask."""
-    counts = mask_rle["counts"]
-    x, y, w, h = mask_utils.toBbox({"size": mask_rle["size"],
-                                    "counts": counts.encode() if isinstance(counts, str) else counts}).tolist()
+    x, y, w, h = mask_utils.toBbox(coco_rle(mask_rle)).tolist()
     return [x, y, x + w, y + h]
 
 

@@ -15,14 +15,12 @@ from sam3_model.atomic import atomic_write_text
 from verifiers.base import UNPARSED
 
 from .ontology import Ontology
-from .shards import RunDir
 
 _EXAMPLES = 5
 
 
-def summarize(run_dir: RunDir, num_shards: int, ontology: Ontology) -> dict[str, Any]:
-    """Stage counts of a finished run, read from its verify shards."""
-    records = [r for s in range(num_shards) for r in run_dir.read_shard("verify", s)]
+def summarize(records: list[dict[str, Any]], ontology: Ontology) -> dict[str, Any]:
+    """Stage counts of a finished run, from every record of its verify shards."""
     skipped = [r for r in records if "skipped" in r]
     images = [r for r in records if "skipped" not in r]
     found: Counter[str] = Counter()

@@ -13,24 +13,18 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
-from sam3_model.records import RLE, Instance, decode_mask
+from sam3_model.records import RLE, Instance, coco_rle, decode_mask
 
 from .base import Verdict, VerifyItem
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def _coco_rle(rle: RLE) -> dict:
-    """An RLE with bytes counts, as pycocotools wants it."""
-    counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
 def mask_iou(masks_a: Sequence[RLE], masks_b: Sequence[RLE]) -> np.ndarray:
     """(len(a), len(b)) mask IoU between two lists of same-size RLE masks (pycocotools, no decoding)."""
     if not masks_a or not masks_b:
         return np.zeros((len(masks_a), len(masks_b)))
-    ious = mask_utils.iou([_coco_rle(m) for m in masks_a], [_coco_rle(m) for m in masks_b], [0] * len(masks_b))
+    ious = mask_utils.iou([coco_rle(m) for m in masks_a], [coco_rle(m) for m in masks_b], [0] * len(masks_b))
     return np.asarray(ious, dtype=float).reshape(len(masks_a), len(masks_b))
 
 
