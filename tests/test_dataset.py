@@ -166,3 +166,25 @@ def test_decode_mask_c_order_equals_decode_mask():
         decoded = decode_mask_c_order(rle)
         assert decoded.flags["C_CONTIGUOUS"] and decoded.dtype == np.uint8
         np.testing.assert_array_equal(decoded, decode_mask(rle))
+
+
+def test_max_negatives_keeps_every_positive_and_at_most_k_negatives(tmp_path):
+    negatives = [_instances(f"absent {k}", []) for k in range(6)]
+    sample = _sample(tmp_path, 3, [_instances("dog", [[30, 30, 60, 60]]), *negatives])
+    dataset = PhraseDataset([sample], EvalTransform(S), max_negatives=2)
+    np.random.seed(0)
+    drawn = [dataset[0].phrases for _ in range(20)]
+    assert all(p[0] == "dog" and len(p) == 3 for p in drawn)
+    assert len({tuple(p) for p in drawn}) > 1  # a different pair of negatives on different draws
+    only_negatives = _sample(tmp_path, 4, negatives)
+    assert len(PhraseDataset([only_negatives], EvalTransform(S), max_negatives=0)[0].phrases) == 1
+    with pytest.raises(ConfigError, match="max_negatives"):
+        PhraseDataset([sample], EvalTransform(S), max_negatives=-1)
+
+
+def test_keep_phrases_restricts_a_dataset_to_an_ontology(samples):
+    from adapt.data.datamodule import keep_phrases
+
+    kept = keep_phrases(samples, ["red car", "Tree"])
+    assert [[p.phrase for p in s.phrases] for s in kept] == [["Red car", "tree"]]  # image 2 has neither: dropped
+    assert [p.phrase for p in samples[0].phrases] == ["Red car", "person", "tree"]  # the input is not changed

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,15 @@ class DatasetSpec:
     max_images: int | None = None  # keep a fixed subset of this many images (data-size sweeps)
     hard_negatives: list[str] = field(default_factory=list)  # phrases absent from this dataset's images
     negatives_per_image: int = 3  # hard negatives sampled into each image's prompts (when the list is given)
+    max_negatives: int | None = None  # training: keep at most this many annotated negative phrases per image draw
+    phrases: list[str] | None = None  # keep only these phrases (e.g. a recipe's ontology); images left with none go
+
+
+def keep_phrases(samples: list[ImageSample], phrases: list[str]) -> list[ImageSample]:
+    """Each sample with only the phrases in `phrases` (case-insensitive); samples left with none are dropped."""
+    wanted = {p.strip().lower() for p in phrases}
+    kept = [replace(s, phrases=[p for p in s.phrases if p.phrase.strip().lower() in wanted]) for s in samples]
+    return [s for s in kept if s.phrases]
 
 
 class ResumableDataLoader(DataLoader):
@@ -116,7 +125,8 @@ class Sam3DataModule(L.LightningDataModule):
         result = read_dataset(spec.path, format=spec.format, image_root=spec.images, name=spec.name,
                               check_image_files=self.check_image_files)
         self.num_skipped += resolve_problems(result.problems, self.on_error, spec.path)
-        samples = cap_samples(result.samples, spec.max_images)
+        samples = result.samples if spec.phrases is None else keep_phrases(result.samples, spec.phrases)
+        samples = cap_samples(samples, spec.max_images)
         if not samples:
             raise ConfigError(f"{spec.path}: no usable image in this dataset")
         return samples
@@ -148,7 +158,8 @@ class Sam3DataModule(L.LightningDataModule):
             transform = TrainTransform(canvas, self.augment) if split == "train" else EvalTransform(canvas)
             self._samples[split] = samples
             self._datasets[split] = [
-                PhraseDataset(s, transform, spec.hard_negatives, spec.negatives_per_image if spec.hard_negatives else 0)
+                PhraseDataset(s, transform, spec.hard_negatives, spec.negatives_per_image if spec.hard_negatives else 0,
+                              max_negatives=spec.max_negatives if split == "train" else None)
                 for s, spec in zip(samples, specs)
             ]
         if self.num_skipped:
@@ -201,6 +212,11 @@ class Sam3DataModule(L.LightningDataModule):
     def num_train_images(self) -> int:
         """Training images after caps and skips."""
         return sum(len(s) for s in self._samples.get("train", []))
+
+    def train_counts(self) -> dict[str, int]:
+        """Training images per dataset (by name: the spec's, or the file's stem) after caps and skips."""
+        return {spec.name or Path(spec.path).stem: len(samples)
+                for spec, samples in zip(self.train_specs, self._samples.get("train", []))}
 
     def describe(self) -> str:
         """One line per split: datasets, images, weights."""

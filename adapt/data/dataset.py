@@ -2,7 +2,9 @@
 
 Each item is one image with every phrase asked of it (positives and negatives) plus `negatives_per_image`
 phrases drawn from a hard-negative vocabulary, none of them already asked of the image (case-insensitive),
-added as exhaustive negatives (zero instances). Phrases with more than `max_instances_per_phrase` annotated
+added as exhaustive negatives (zero instances). With `max_negatives`, each draw keeps at most that many of the
+image's annotated negative phrases (picked at random; exhaustively annotated data such as the toy domain's asks
+every phrase of an ontology, mostly negatives). Phrases with more than `max_instances_per_phrase` annotated
 instances are dropped (the official FilterFindQueriesWithTooManyOut(200); counted before the transform, which
 only removes instances, so no decoding of thousands of masks for a phrase that is dropped anyway). Instances
 the transform empties are dropped from their phrase, which stays, possibly as a negative.
@@ -56,9 +58,12 @@ class PhraseDataset(Dataset):
     """Images with their phrases, transformed onto the model's canvas; items are `PhraseItem`s."""
 
     def __init__(self, samples: Sequence[ImageSample], transform: Transform, hard_negatives: Sequence[str] = (),
-                 negatives_per_image: int = 0, max_instances_per_phrase: int = 200) -> None:
+                 negatives_per_image: int = 0, max_instances_per_phrase: int = 200,
+                 max_negatives: int | None = None) -> None:
         if not isinstance(negatives_per_image, int) or negatives_per_image < 0:
             raise ConfigError(f"negatives_per_image must be an integer >= 0, got {negatives_per_image!r}")
+        if max_negatives is not None and (not isinstance(max_negatives, int) or max_negatives < 0):
+            raise ConfigError(f"max_negatives must be an integer >= 0 or null, got {max_negatives!r}")
         if not isinstance(max_instances_per_phrase, int) or max_instances_per_phrase < 1:
             raise ConfigError(f"max_instances_per_phrase must be an integer >= 1, got {max_instances_per_phrase!r}")
         vocabulary: dict[str, str] = {}  # lower-case key -> first spelling
@@ -76,6 +81,7 @@ class PhraseDataset(Dataset):
         self.transform = transform
         self.negatives_per_image = negatives_per_image
         self.max_instances_per_phrase = max_instances_per_phrase
+        self.max_negatives = max_negatives
         self._vocab_keys = list(vocabulary)
         self._vocab = list(vocabulary.values())
         # Box-only data (no phrase with instances has masks) gives items with masks None.
@@ -102,6 +108,15 @@ class PhraseDataset(Dataset):
         picks = np.random.choice(len(self._vocab), size=n, replace=False)
         return [self._vocab[j] for j in picks if self._vocab_keys[j] not in asked][:k]
 
+    def _subsample_negatives(self, phrases: list[PhraseInstances]) -> list[PhraseInstances]:
+        """At most `max_negatives` of the annotated negative phrases (random each draw); positives all stay."""
+        negatives = [i for i, p in enumerate(phrases) if not p.num_instances]
+        if self.max_negatives is None or len(negatives) <= self.max_negatives:
+            return phrases
+        k = self.max_negatives or int(len(negatives) == len(phrases))  # an image keeps at least one phrase
+        keep = set(np.random.choice(negatives, size=k, replace=False).tolist())
+        return [p for i, p in enumerate(phrases) if p.num_instances or i in keep]
+
     def _masks(self, sample: ImageSample, phrases: list[PhraseInstances], size_hw: tuple[int, int]) -> np.ndarray:
         """(T, H, W) uint8: every instance mask of `phrases`, in order (counts were checked in __init__)."""
         rles = [rle for p in phrases if p.num_instances for rle in p.masks]
@@ -120,7 +135,7 @@ class PhraseDataset(Dataset):
         if size_hw != (sample.height, sample.width):
             raise ImageError(f"{sample.image_path}: the image is {size_hw[1]}x{size_hw[0]}, its annotation says "
                              f"{sample.width}x{sample.height}")
-        phrases = [p for p in sample.phrases if p.num_instances <= self.max_instances_per_phrase]
+        phrases = self._subsample_negatives([p for p in sample.phrases if p.num_instances <= self.max_instances_per_phrase])
         counts = [p.num_instances for p in phrases]
         boxes_xywh = np.concatenate([np.asarray(p.boxes_xywh_px, np.float32).reshape(-1, 4) for p in phrases]
                                     or [np.zeros((0, 4), np.float32)])  # (T, 4) xywh px
