@@ -115,7 +115,9 @@ def dataclass_from_mapping(cls: type[T], data: Any, where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(fields)}")
+        shown = [name for name in fields if name != "base_dir"]  # set by the loaders, not by users
+        prefix = where if where.endswith(":") else f"{where}:"
+        raise ConfigError(f"{prefix} unknown key {unknown[0]!r}; allowed: {', '.join(shown)}")
     kwargs = {}
     for name, f in fields.items():
         key_where = f"{where}.{name}" if not where.endswith(":") else f"{where} {name}"
@@ -125,6 +127,8 @@ def dataclass_from_mapping(cls: type[T], data: Any, where: str) -> T:
             raise ConfigError(f"{key_where}: missing (required)")
     try:
         return cls(**kwargs)
+    except ConfigError as err:  # a check in the dataclass's __post_init__: say where it failed
+        raise ConfigError(f"{where} {err}" if where.endswith(":") else f"{where}: {err}") from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
 
