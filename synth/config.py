@@ -106,12 +106,22 @@ class VlmCheck:
 
 
 @dataclass
+class CropClassifierCheck:
+    """Mask verification by a small classifier trained on human-verified labels (verifiers.crop_classifier)."""
+
+    model: str  # directory written by CropClassifierVerifier.save
+    threshold: float = 0.5  # on the phrase's probability
+
+
+@dataclass
 class VerifyConfig:
-    """The verifiers, cheap first: geometric, clip, agreement, vlm for masks; teacher_confidence, agreement, vlm
-    for exhaustivity. Unset ones are off; with none at all, the verified dataset equals the pseudo-labels."""
+    """The verifiers, cheap first: geometric, crop_classifier, clip, agreement, vlm for masks; teacher_confidence,
+    agreement, vlm for exhaustivity. Unset ones are off; with none at all, the verified dataset equals the
+    pseudo-labels."""
 
     geometric: GeometricCheck | None = None
     teacher_confidence: TeacherConfidenceCheck | None = None
+    crop_classifier: CropClassifierCheck | None = None
     clip: ClipCheck | None = None
     agreement: AgreementCheck | None = None
     vlm: VlmCheck | None = None

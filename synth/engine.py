@@ -106,6 +106,13 @@ def build_chain(config: SynthConfig) -> tuple[VerifierChain, dict[str, nn.Module
         mask.append(GeometricMaskVerifier(**dataclasses.asdict(v.geometric)))
     if v.teacher_confidence is not None:
         exhaustivity.append(TeacherConfidenceVerifier(**dataclasses.asdict(v.teacher_confidence)))
+    if v.crop_classifier is not None:
+        from verifiers.crop_classifier import CropClassifierVerifier
+
+        crop = CropClassifierVerifier.from_pretrained(_maybe_local(v.crop_classifier.model, base),
+                                                      threshold=v.crop_classifier.threshold)
+        mask.append(crop)
+        modules["crop_classifier"] = crop.net
     if v.clip is not None:
         from verifiers.clip_score import ClipMaskVerifier
 
