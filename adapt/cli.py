@@ -16,6 +16,7 @@ from adapt.predict_cli import add_predict_parser
 from sam3_model.errors import Sam3AdaptError
 from sam3_model.loading import DEFAULT_HUB_ID
 from sam3_model.presets import PRESETS
+from recipes.cli import add_recipe_parser
 from synth.cli import add_synth_parser
 
 EXIT_USER_ERROR = 2
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_parser(verbs)
     add_convert_parser(verbs)
     add_synth_parser(verbs)
+    add_recipe_parser(verbs)
 
     fit = verbs.add_parser("overfit", help="sanity check: fit one synthetic pair with the official objective")
     fit.add_argument("--model", default="tiny", help=model_help)

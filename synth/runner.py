@@ -22,7 +22,7 @@ from .stages import Stage
 
 
 @contextmanager
-def _quiet_lightning():
+def quiet_lightning():
     """Hide Lightning's per-Trainer banner lines ("GPU available", tips): a run builds one Trainer per stage."""
     log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     level = log.level
@@ -83,7 +83,7 @@ def run_stage(
     pending = run_dir.pending(stage.name, num_shards)
     if not pending:
         return 0
-    with _quiet_lightning():
+    with quiet_lightning():
         trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                             logger=False, enable_checkpointing=False, enable_model_summary=False,
                             enable_progress_bar=progress, use_distributed_sampler=True)

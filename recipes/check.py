@@ -1,0 +1,150 @@
+"""`sam3-adapt recipe check`: is everything a recipe needs on this machine, and if not, where to get it.
+
+Data files and folders must exist. A Hub model counts as present when it is in the local Hugging Face cache;
+when it is not, it is missing offline (HF_HUB_OFFLINE=1) and a download note otherwise.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sam3_model.presets import PRESETS
+
+from .config import DataRef, ImagesRef, RecipeConfig
+
+HUB_HINT = ("download it once with `hf download {id}` (gated models: accept the licence on "
+            "https://huggingface.co/{id} and run `hf auth login` first)")
+
+
+@dataclass
+class Finding:
+    """One thing the recipe needs that is not here (or must still be downloaded)."""
+
+    key: str  # where in the recipe, e.g. "hq.train"
+    what: str  # what is missing
+    get: str  # where to get it
+    fatal: bool = True  # False: it will be downloaded on first use
+
+    def line(self) -> str:
+        """"hq.train: data/x.json not found. Get: ..."."""
+        return f"{self.key}: {self.what}." + (f" Get it: {self.get}" if self.get else "")
+
+
+def _hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str) or isinstance(
+            try_to_load_from_cache(repo_id, "model_index.json"), str)
+    except Exception:  # noqa: BLE001 - a malformed id is simply not cached
+        return False
+
+
+def _looks_local(source: str) -> bool:
+    """A path, not a Hub id: Hub ids are "name" or "owner/name", dots allowed ("Qwen/Qwen2.5-VL-7B-Instruct")."""
+    if source.startswith(("/", "./", "../", "~")) or source.count("/") > 1:
+        return True
+    return "/" not in source and bool(Path(source).suffix)
+
+
+def check_model(key: str, source: str, recipe: RecipeConfig) -> list[Finding]:
+    """A preset, a local directory (relative to the recipe) or a Hub id in the cache."""
+    if source in PRESETS:
+        return []
+    local = Path(recipe.model_source(source))
+    if local.is_dir():
+        return []
+    if _looks_local(source):
+        return [Finding(key, f"model directory {local} not found", "")]
+    if _hub_cached(source):
+        return []
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    state = "not in the local Hugging Face cache" + (" and the Hub is off (HF_HUB_OFFLINE=1)" if offline else "")
+    return [Finding(key, f"model {source} is {state}", HUB_HINT.format(id=source), fatal=offline)]
+
+
+def check_data(key: str, ref: DataRef | None, recipe: RecipeConfig) -> list[Finding]:
+    """A labelled dataset: its annotation file and image folder exist (rendered toy data always can)."""
+    if ref is None:
+        return []
+    found = []
+    if ref.path is not None:
+        path = Path(recipe.resolve(ref.path))
+        if not path.is_file():
+            found.append(Finding(key, f"annotation file {path} not found", ref.get))
+        if ref.images and not Path(recipe.resolve(ref.images)).is_dir():
+            found.append(Finding(f"{key}.images", f"image folder {recipe.resolve(ref.images)} not found", ref.get))
+    if isinstance(ref.toy, dict) and isinstance(ref.toy.get("ontology"), str):
+        found += _check_file(f"{key}.toy.ontology", ref.toy["ontology"], recipe, "")
+    return found
+
+
+def _check_file(key: str, value: str, recipe: RecipeConfig, get: str) -> list[Finding]:
+    path = Path(recipe.resolve(value))
+    return [] if path.exists() else [Finding(key, f"{path} not found", get)]
+
+
+def check_images(key: str, ref: ImagesRef | None, recipe: RecipeConfig) -> list[Finding]:
+    """An image source for the data engine: its folder, glob, list, instance file or generator model."""
+    if ref is None:
+        return []
+    source: dict[str, Any] = ref.source or {}
+    found: list[Finding] = []
+    pool = source.get("pool") or {}
+    if pool.get("folder"):
+        path = Path(recipe.resolve(pool["folder"]))
+        if not path.is_dir():
+            found.append(Finding(f"{key}.pool.folder", f"image folder {path} not found", ref.get))
+    if pool.get("glob") and not globlib.glob(recipe.resolve(pool["glob"]), recursive=True):
+        found.append(Finding(f"{key}.pool.glob", f"no image matches {recipe.resolve(pool['glob'])}", ref.get))
+    if pool.get("list_file"):
+        found += _check_file(f"{key}.pool.list_file", pool["list_file"], recipe, ref.get)
+    copy_paste = source.get("copy_paste") or {}
+    if copy_paste.get("instances"):
+        found += _check_file(f"{key}.copy_paste.instances", copy_paste["instances"], recipe, ref.get)
+    generate = source.get("generate") or {}
+    if generate.get("pipeline"):
+        found += check_model(f"{key}.generate.pipeline", generate["pipeline"], recipe)
+    return found
+
+
+def check_recipe(recipe: RecipeConfig) -> list[Finding]:
+    """Everything the recipe needs that is not on this machine (fatal ones and download notes)."""
+    found = check_model("base_model", recipe.base_model, recipe)
+    teacher = recipe.teacher.get("model")
+    if teacher and teacher != recipe.base_model:
+        found += check_model("teacher.model", teacher, recipe)
+    if isinstance(recipe.ontology, str):
+        found += _check_file("ontology", recipe.ontology, recipe, "")
+    found += check_data("hq.train", recipe.hq.train, recipe)
+    found += check_data("hq.test", recipe.hq.test, recipe)
+    if "general" in recipe.mixes:
+        found += check_data("general", recipe.general, recipe)
+    if any(a in recipe.arms for a in ("pl", "syn", "syn+hq")):
+        found += check_images("pool.source", recipe.pool, recipe)
+    if "gen" in recipe.arms:
+        found += check_images("generator.source", recipe.generator, recipe)
+    v = recipe.verify
+    for name in ("clip", "agreement", "vlm"):
+        check = getattr(v, name)
+        if check is not None:
+            found += check_model(f"verify.{name}.model", check.model, recipe)
+    return found
+
+
+def check_message(recipe: RecipeConfig, findings: list[Finding], where: str) -> str:
+    """What `recipe check` prints: ready, or every missing item with where to get it."""
+    fatal = [f for f in findings if f.fatal]
+    notes = [f for f in findings if not f.fatal]
+    if not fatal:
+        head = f"recipe {recipe.name} ({where}): ready"
+        return "\n".join([head + (f"; {len(notes)} model(s) will be downloaded on first use:" if notes else "."),
+                          *[f"  {n.line()}" for n in notes]])
+    lines = [f"recipe {recipe.name} ({where}): {len(fatal)} missing:", *[f"  {f.line()}" for f in fatal]]
+    if notes:
+        lines += ["and to be downloaded on first use:", *[f"  {n.line()}" for n in notes]]
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""The recipe's data on disk: labelled datasets (files or rendered toy), the data-engine runs, the trained verifier.
+
+Everything goes under the recipe's output folder and is resumable: toy datasets and synth runs are `SynthRun`s
+(finished shards are skipped), the verifier is trained once and saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from adapt.data.datamodule import DatasetSpec
+from adapt.data.readers import read_dataset
+from adapt.data.records import ImageSample
+from sam3_model.atomic import atomic_write_text
+from sam3_model.errors import ConfigError
+from sam3_model.predict import load_image
+from synth.config import CropClassifierCheck, SynthConfig, synth_config_from_mapping
+from synth.engine import SynthRun
+from verifiers.crop_classifier import CropClassifierVerifier, LabelledObject, train_crop_classifier
+from verifiers.geometric import mask_iou
+
+from .config import DataRef, ImagesRef, RecipeConfig
+
+SAME_OBJECT_IOU = 0.8  # two phrases' instances with this mask IoU are one object
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled dataset ready for the DataModule."""
+
+    path: str
+    images: str | None
+    format: str
+    max_images: int | None = None
+
+    def spec(self, **kwargs: Any) -> DatasetSpec:
+        """A `DatasetSpec` of this dataset (`kwargs`: name, weight, max_images, max_negatives...)."""
+        cap = kwargs.pop("max_images", None)
+        caps = [c for c in (cap, self.max_images) if c is not None]
+        return DatasetSpec(path=self.path, images=self.images, format=self.format,
+                           max_images=min(caps) if caps else None, **kwargs)
+
+
+def ontology_setting(recipe: RecipeConfig, ontology: str | dict[str, Any] | None = None) -> str | dict[str, Any]:
+    """An ontology setting usable from any folder (file paths made absolute)."""
+    value = recipe.ontology if ontology is None else ontology
+    return recipe.resolve(value) if isinstance(value, str) else value
+
+
+def materialise(ref: DataRef, recipe: RecipeConfig, work: Path, progress: bool = True) -> Dataset:
+    """The dataset of `ref`: its file, or toy images rendered (once) with exact labels under `work`."""
+    if ref.path is not None:
+        return Dataset(recipe.resolve(ref.path), recipe.resolve(ref.images) if ref.images else None, ref.format,
+                       ref.max_images)
+    toy = dict(ref.toy or {})
+    ontology = toy.pop("ontology", None)
+    data = {"ontology": ontology_setting(recipe, ontology), "labels": "exact", "source": {"toy": toy},
+            "run": {**dataclasses.asdict(recipe.synth), "accelerator": "cpu", "devices": 1, "progress": progress}}
+    config = synth_config_from_mapping(data, f"recipe {recipe.name}: toy data:", recipe.base_dir)
+    exact = SynthRun(config, work).run()["exact"]
+    return Dataset(str(exact), None, "saco", ref.max_images)
+
+
+def synth_config(recipe: RecipeConfig, images: ImagesRef, verifier_dir: Path | None, progress: bool) -> SynthConfig:
+    """The data-engine config of one image source: the recipe's teacher and verifiers (plus the trained one)."""
+    verify = dataclasses.asdict(recipe.verify)
+    if verifier_dir is not None:
+        threshold = recipe.verifier_training.threshold if recipe.verifier_training else 0.5
+        verify["crop_classifier"] = dataclasses.asdict(CropClassifierCheck(str(verifier_dir), threshold))
+    data = {"ontology": ontology_setting(recipe), "labels": "teacher", "source": images.source,
+            "teacher": dataclasses.asdict(recipe.teacher_config()), "verify": verify,
+            "run": {**dataclasses.asdict(recipe.synth), "progress": progress}}
+    return synth_config_from_mapping(data, f"recipe {recipe.name}: synth:", recipe.base_dir)
+
+
+def run_synth(recipe: RecipeConfig, images: ImagesRef, out: Path, verifier_dir: Path | None,
+              progress: bool = True) -> dict[str, Path]:
+    """Pseudo-label and verify `images` into `out` (resumable); returns {"pl": ..., "syn": ...} dataset files."""
+    return SynthRun(synth_config(recipe, images, verifier_dir, progress), out).run()
+
+
+def labelled_objects(sample: ImageSample) -> list[LabelledObject]:
+    """The objects of one exhaustively labelled image: instances of several phrases with one mask are one object.
+
+    An object's negatives are the image's exhaustive phrases it is not an instance of.
+    """
+    masks: list[Any] = []
+    positives: list[set[str]] = []
+    for phrase in sample.phrases:
+        for rle in phrase.masks or []:
+            same = mask_iou([rle], masks)[0] if masks else []
+            j = int(same.argmax()) if len(same) and same.max() >= SAME_OBJECT_IOU else None
+            if j is None:
+                masks.append(rle)
+                positives.append({phrase.phrase})
+            else:
+                positives[j].add(phrase.phrase)
+    exhaustive = {p.phrase for p in sample.phrases if p.exhaustive}
+    return [LabelledObject(m, frozenset(pos), frozenset(exhaustive - pos)) for m, pos in zip(masks, positives)]
+
+
+def train_verifier(recipe: RecipeConfig, hq_train: Dataset, out: Path, phrases: list[str]) -> Path:
+    """Train the crop-classifier verifier on the HQ training split (once) and save it to `out`."""
+    if (out / "report.json").is_file():
+        return out
+    result = read_dataset(hq_train.path, format=hq_train.format, image_root=hq_train.images)
+    if result.problems:
+        first = result.problems[0]
+        raise ConfigError(f"{hq_train.path}: {len(result.problems)} bad entries in the HQ training data, first: "
+                          f"{first}")
+    samples = result.samples[: hq_train.max_images] if hq_train.max_images else result.samples
+    examples = [(load_image(s.image_path, str(s.image_path)), labelled_objects(s)) for s in samples]
+    examples = [(image, objects) for image, objects in examples if objects]
+    config = recipe.verifier_training or None
+    verifier, report = train_crop_classifier([(_rgb(i), o) for i, o in examples], phrases, config)
+    verifier.save(out)
+    atomic_write_text(out / "report.json", json.dumps({**report, "images": len(examples)}, indent=2) + "\n")
+    return out
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def verifier_report(out: Path) -> dict[str, Any]:
+    """The saved training report of the trained verifier ({} when there is none)."""
+    path = out / "report.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_verifier(out: Path) -> CropClassifierVerifier:
+    """The trained verifier saved in `out`."""
+    return CropClassifierVerifier.from_pretrained(out)
+
+
+def exists(path: str | os.PathLike[str]) -> bool:
+    """Whether a file or folder exists (for `recipe check`)."""
+    return Path(path).exists()

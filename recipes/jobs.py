@@ -1,0 +1,167 @@
+"""One recipe run: fine-tune the base model on one arm's data (or not, for zero-shot), evaluate on the HQ test set.
+
+A `TrainJob` is plain data, so jobs can run side by side in worker processes. Each job writes into its own folder:
+`model/` (the trained weights: a LoRA adapter, or the merged model in full / heads mode), a W&B run, and last,
+atomically, `result.json`: the row of results.csv. A folder with `result.json` is finished work; a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapt.data.datamodule import DatasetSpec
+from sam3_model.atomic import atomic_write_text
+from synth.runner import quiet_lightning
+
+from .config import EvaluateSettings, TrackingSettings, TrainSettings
+
+RESULT_NAME = "result.json"
+# Columns of results.csv, in order: the documented ones first.
+COLUMNS = ("arm", "train_images", "seed", "cgF1", "pmF1", "IL_MCC", "AP", "mix", "steps", "train_seconds", "run")
+METRICS = {"cgF1": "cgF1", "pmF1": "pmF1", "IL_MCC": "IL_MCC", "AP": "AP_mask"}  # column -> validation metric
+
+
+@dataclass
+class TrainJob:
+    """Everything one training-and-evaluation run needs (picklable)."""
+
+    name: str  # run folder name, e.g. "syn+general-n200-s0"
+    arm: str
+    mix: str
+    size: int  # requested domain training images (0 for zero-shot)
+    seed: int
+    base_model: str
+    out_dir: str
+    test: DatasetSpec
+    train_data: list[DatasetSpec] = field(default_factory=list)  # empty: zero-shot (evaluate only)
+    domain_data: list[str] = field(default_factory=list)  # names of the train_data entries that are domain data
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    recipe: str = ""
+    progress: bool = True
+
+
+def read_result(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The finished result of a run folder, or None when the run has not finished."""
+    path = Path(out_dir) / RESULT_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _logger(job: TrainJob) -> Any:
+    if job.tracking.wandb == "disabled":
+        return False
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    return WandbLogger(settings=wandb.Settings(silent=True),project=job.tracking.project, entity=job.tracking.entity, name=f"{job.recipe}/{job.name}",
+                       group=job.recipe, job_type="zero-shot" if not job.train_data else "train",
+                       save_dir=job.out_dir, offline=job.tracking.wandb == "offline",
+                       config={"arm": job.arm, "mix": job.mix, "train_images": job.size, "seed": job.seed,
+                               "base_model": job.base_model, "train": asdict(job.settings)})
+
+
+def _module(job: TrainJob) -> Any:
+    from adapt.training.module import Sam3FineTuner, TrainableConfig, ValidationConfig
+    from adapt.training.optim import OptimizerConfig
+    from adapt.training.schedules import ScheduleConfig
+
+    s = job.settings
+    return Sam3FineTuner(
+        model=job.base_model, trainable=TrainableConfig(mode=s.mode, lora=s.lora, frozen=list(s.frozen),
+                                  activation_checkpointing=s.activation_checkpointing),
+        optimizer=OptimizerConfig(lr=s.lr, vision_lr=s.vision_lr, text_lr=s.text_lr, layer_decay=s.layer_decay,
+                                  weight_decay=s.weight_decay),
+        schedule=ScheduleConfig(name=s.schedule, warmup_steps=min(s.warmup_steps, max(0, s.steps - 1))),
+        validation=ValidationConfig(score_threshold=job.evaluate.score_threshold),
+        phrase_chunk_size=s.phrase_chunk_size, image_size=s.image_size, seed=job.seed)
+
+
+def _strategy(settings: TrainSettings) -> str:
+    """DDP jobs are spawned (a recipe is not a script DDP could re-run) and keep SAM 3's unused parameters."""
+    from adapt.training.cli import _num_devices
+
+    many = settings.num_nodes > 1 or _num_devices(settings.devices, settings.accelerator) > 1
+    if many and settings.strategy in ("auto", "ddp", "ddp_spawn"):
+        return "ddp_spawn_find_unused_parameters_true"
+    return settings.strategy
+
+
+def run_job(job: TrainJob) -> dict[str, Any]:
+    """Train (unless zero-shot), evaluate on the test set, save the model and result.json; returns the result."""
+    import torch
+
+    s = job.settings
+    if s.threads_per_job:
+        torch.set_num_threads(s.threads_per_job)
+    if not job.progress:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    with quiet_lightning():
+        return _run_job(job)
+
+
+def _run_job(job: TrainJob) -> dict[str, Any]:
+    import lightning as L
+
+    from adapt.data.datamodule import Sam3DataModule
+    from sam3_model.export import export_adapter, export_merged
+    from sam3_model.model_card import ModelCardInfo
+
+    s = job.settings
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(job.seed, workers=True, verbose=False)
+    module = _module(job)
+    data = Sam3DataModule(train=job.train_data or None, val=[job.test], batch_size=s.batch_size,
+                          num_workers=s.num_workers, augment=s.augment, seed=job.seed)
+    logger = _logger(job)
+    common = dict(default_root_dir=str(out), accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=_strategy(s),
+                  precision=s.precision, logger=logger, enable_model_summary=False,
+                  enable_progress_bar=job.progress)
+    seconds, steps = 0.0, 0
+    if job.train_data:
+        trainer = L.Trainer(**common, max_steps=s.steps,
+                            max_time={"minutes": s.max_minutes} if s.max_minutes else None,
+                            enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
+                            gradient_clip_val=0.1, log_every_n_steps=min(50, s.steps))
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=data)
+        seconds, steps = time.perf_counter() - start, int(trainer.global_step)
+    evaluator = L.Trainer(**{**common, "devices": 1 if s.accelerator == "cpu" else common["devices"]},
+                          limit_val_batches=None)
+    metrics = evaluator.validate(module, datamodule=data, verbose=False)[0]
+    domain_images = _domain_images(data, job)
+    card = ModelCardInfo(base_model=job.base_model, data=f"{job.arm} ({job.mix} mix), {domain_images} images",
+                         recipe=job.recipe, metrics={k: float(metrics[f"val/{v}"]) for k, v in METRICS.items()})
+    if job.train_data:
+        if s.mode == "lora":
+            export_adapter(module.model, out / "model", card)
+        else:
+            export_merged(module.model, module.processor, out / "model", card)
+    result = {"arm": job.arm, "train_images": domain_images, "seed": job.seed,
+              **{k: round(float(metrics[f"val/{v}"]), 4) for k, v in METRICS.items()},
+              "mix": job.mix, "steps": steps, "train_seconds": round(seconds, 1), "run": job.name,
+              "requested_images": job.size, "all_metrics": {k: round(float(v), 4) for k, v in metrics.items()},
+              "model": str(out / "model") if job.train_data else job.base_model, "mode": s.mode}
+    if logger:
+        import wandb
+
+        logger.log_metrics({f"test/{k}": v for k, v in result.items() if k in METRICS})
+        wandb.finish()
+    atomic_write_text(out / RESULT_NAME, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _domain_images(data: Any, job: TrainJob) -> int:
+    """Domain training images the run actually had (caps and skips applied; general data not counted)."""
+    if not job.train_data:
+        return 0
+    counts = data.train_counts()
+    return sum(counts.get(name, 0) for name in job.domain_data)

@@ -1,0 +1,305 @@
+"""`sam3-adapt recipe run`: the steps of a recipe, in the order the YAML reads.
+
+    data      HQ train / test (and general) datasets: files, or toy images rendered with exact labels
+    verifier  a crop classifier trained on HQ train (when the recipe asks for one)
+    synth     the pool (pl, syn arms) and the generator (gen arm) pseudo-labelled and verified
+    train     every arm x mix x size x seed fine-tuned, and zero-shot, all evaluated on HQ test
+    report    results.csv, results.md, scaling.png, a W&B summary run
+    export    the best arm's model, loadable by transformers
+
+Every step skips finished work, so a rerun after a crash (or with more arms or seeds) only does what is new.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import platform
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from sam3_model.atomic import atomic_write_text
+from sam3_model.errors import ConfigError
+from synth.ontology import load_ontology, ontology_from_mapping
+
+from .check import check_message, check_recipe
+from .config import RecipeConfig
+from .data import Dataset, materialise, run_synth, train_verifier, verifier_report
+from .jobs import TrainJob, read_result, run_job
+from .results import best_group, group_rows, results_markdown, scaling_plot, write_csv
+
+
+@dataclass
+class RecipeOutputs:
+    """What a recipe run wrote."""
+
+    out: Path
+    rows: list[dict[str, Any]]
+    export: Path | None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    notes: list[str] = field(default_factory=list)
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "lightning": lightning.__version__}
+
+
+def run_name(arm: str, mix: str, size: int, seed: int) -> str:
+    """The folder of one run: "syn-n200-s0", "syn+general-n200-s0"."""
+    return f"{arm}{'' if mix == 'none' else '+' + mix}-n{size}-s{seed}"
+
+
+class RecipeRun:
+    """Run one recipe into `out` (see the module docstring for the steps)."""
+
+    def __init__(self, recipe: RecipeConfig, out: str | os.PathLike[str], where: str = "",
+                 progress: bool = True, say: Callable[[str], None] = print) -> None:
+        self.recipe, self.out, self.where = recipe, Path(out), where or recipe.name
+        self.progress, self.say = progress, say
+        self.timings: dict[str, float] = {}
+
+    # ----- steps --------------------------------------------------------------------------------------------
+    def ontology(self):
+        """The domain ontology."""
+        r = self.recipe
+        if isinstance(r.ontology, str):
+            return load_ontology(r.resolve(r.ontology))
+        return ontology_from_mapping(r.ontology, f"recipe {r.name}: ontology")
+
+    def data(self) -> dict[str, Dataset]:
+        """HQ train, HQ test and (when mixed) general data, on disk."""
+        r, work = self.recipe, self.out / "data"
+        found = {"hq": materialise(r.hq.train, r, work / "hq-train", self.progress),
+                 "test": materialise(r.hq.test, r, work / "hq-test", self.progress)}
+        if "general" in r.mixes and r.general is not None:
+            found["general"] = materialise(r.general, r, work / "general", self.progress)
+        return found
+
+    def verifier(self, hq: Dataset) -> Path | None:
+        """Train the recipe's crop-classifier verifier on HQ train (once), when asked and when anything is verified."""
+        r = self.recipe
+        if r.verifier_training is None or not any(a in r.arms for a in ("syn", "syn+hq", "gen")):
+            return None
+        return train_verifier(r, hq, self.out / "verifier", list(self.ontology().phrases()))
+
+    def synth(self, verifier: Path | None) -> dict[str, Dataset]:
+        """The pool's pl and syn datasets and the generator's (verified) gen dataset."""
+        r, found = self.recipe, {}
+        if r.pool is not None and any(a in r.arms for a in ("pl", "syn", "syn+hq")):
+            files = run_synth(r, r.pool, self.out / "synth" / "pool", verifier, self.progress)
+            found["pl"] = Dataset(str(files["pl"]), None, "saco")
+            found["syn"] = Dataset(str(files["syn"]), None, "saco")
+        if r.generator is not None and "gen" in r.arms:
+            files = run_synth(r, r.generator, self.out / "synth" / "gen", verifier, self.progress)
+            found["gen"] = Dataset(str(files["syn"]), None, "saco")
+        return found
+
+    def jobs(self, datasets: dict[str, Dataset]) -> list[TrainJob]:
+        """Zero-shot, then every trained arm x mix x size x seed."""
+        r = self.recipe
+        base = r.model_source(r.base_model)
+        neg = r.train.max_negatives
+        phrases = list(self.ontology().phrases())  # domain data is scored on the ontology's phrases only
+        common = dict(base_model=base, test=datasets["test"].spec(name="hq-test", phrases=phrases), settings=r.train,
+                      evaluate=r.evaluate, tracking=r.tracking, recipe=r.name, progress=self.progress)
+        jobs = []
+        if "zero-shot" in r.arms:
+            jobs.append(TrainJob(name="zero-shot", arm="zero-shot", mix="none", size=0, seed=r.seeds[0],
+                                 out_dir=str(self.out / "runs" / "zero-shot"), **common))
+        for arm in r.trained_arms:
+            for mix in r.mixes:
+                for size in r.sizes:
+                    for seed in r.seeds:
+                        if arm == "syn+hq":
+                            half = size // 2
+                            domain = [datasets["syn"].spec(name="syn", max_images=size - half, weight=0.5,
+                                                           max_negatives=neg),
+                                      datasets["hq"].spec(name="hq", max_images=max(1, half), weight=0.5,
+                                                          max_negatives=neg, phrases=phrases)]
+                        else:
+                            domain = [datasets[arm].spec(name=arm, max_images=size, max_negatives=neg,
+                                                         phrases=phrases)]
+                        train = list(domain)
+                        if mix == "general":  # 1:1: general data gets as many draws as the domain data together
+                            train.append(datasets["general"].spec(name="general", weight=1.0, max_negatives=neg))
+                        name = run_name(arm, mix, size, seed)
+                        jobs.append(TrainJob(name=name, arm=arm, mix=mix, size=size, seed=seed,
+                                             out_dir=str(self.out / "runs" / name), train_data=train,
+                                             domain_data=[d.name for d in domain], **common))
+        return jobs
+
+    def train(self, jobs: list[TrainJob]) -> list[dict[str, Any]]:
+        """Run every unfinished job (side by side when train.parallel_jobs > 1); the results in job order."""
+        done = {j.name: read_result(j.out_dir) for j in jobs}
+        todo = [j for j in jobs if done[j.name] is None]
+        if len(todo) < len(jobs):
+            self.say(f"train: {len(jobs) - len(todo)} of {len(jobs)} runs already finished, skipped")
+        parallel = min(self.recipe.train.parallel_jobs, len(todo))
+        bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not self.progress or not todo)
+        if parallel <= 1:
+            for job in todo:
+                bar.set_postfix_str(job.name)
+                done[job.name] = run_job(job)
+                bar.update()
+        else:
+            todo = [dataclasses.replace(j, progress=False) for j in todo]
+            devices = _worker_devices(self.recipe.train.accelerator, parallel)
+            context = multiprocessing.get_context("spawn")
+            queue = context.Queue()
+            for device in devices:
+                queue.put(device)
+            with ProcessPoolExecutor(parallel, mp_context=context, initializer=_init_worker,
+                                     initargs=(queue, self.recipe.train.threads_per_job)) as pool:
+                futures = {pool.submit(run_job, job): job for job in todo}
+                for future in as_completed(futures):
+                    result = future.result()
+                    done[futures[future].name] = result
+                    bar.set_postfix_str(f"{result['run']} cgF1 {result['cgF1']:.3f}")
+                    bar.update()
+        bar.close()
+        return [done[j.name] for j in jobs]
+
+    def report(self, rows: list[dict[str, Any]], notes: list[str]) -> None:
+        """results.csv, results.md, scaling.png and the W&B summary run."""
+        r = self.recipe
+        write_csv(rows, self.out / "results.csv")
+        title = f"Recipe {r.name}: {r.description}" if r.description else f"Recipe {r.name}"
+        scaling_plot(rows, self.out / "scaling.png", f"{r.name}: cgF1 against domain training images")
+        atomic_write_text(self.out / "results.md", results_markdown(rows, title, notes))
+        if r.tracking.wandb != "disabled":
+            self._wandb_summary(rows)
+
+    def _wandb_summary(self, rows: list[dict[str, Any]]) -> None:
+        import wandb
+
+        t = self.recipe.tracking
+        run = wandb.init(project=t.project, entity=t.entity, name=f"{self.recipe.name}/summary",
+                         group=self.recipe.name, job_type="summary", dir=str(self.out), mode=t.wandb,
+                         config={"recipe": dataclasses.asdict(self.recipe)}, reinit="create_new",
+                         settings=wandb.Settings(silent=True))
+        columns = ["arm", "mix", "train_images", "seed", "cgF1", "pmF1", "IL_MCC", "AP"]
+        run.log({"results": wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows]),
+                 "scaling": wandb.Image(str(self.out / "scaling.png"))})
+        best = best_group(group_rows(rows))
+        if best is not None:
+            run.summary.update({"best_arm": best.label, "best_train_images": best.train_images,
+                                "best_cgF1": best.mean("cgF1")})
+        run.finish()
+        if t.wandb == "offline":
+            self.say(f"W&B (offline): upload with `wandb sync {self.out}/wandb/offline-run-* "
+                     f"{self.out}/runs/*/wandb/offline-run-*`")
+
+    def export(self, rows: list[dict[str, Any]]) -> Path | None:
+        """The best arm's best seed, merged and saved to DIR/export with a model card."""
+        best = best_group(group_rows(rows))
+        if best is None:
+            return None
+        row = max(best.rows, key=lambda r: float(r["cgF1"]))
+        target = self.out / "export"
+        marker = self.out / "export.json"
+        if marker.is_file() and json.loads(marker.read_text()).get("run") == row["run"] and target.is_dir():
+            return target
+        from sam3_model.export import export_merged
+        from sam3_model.loading import load_model
+        from sam3_model.model_card import ModelCardInfo
+
+        model_dir = Path(row["model"])
+        if (model_dir / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            base, processor = load_model(self.recipe.model_source(self.recipe.base_model))
+            model = PeftModel.from_pretrained(base, str(model_dir))
+        else:
+            model, processor = load_model(str(model_dir))
+        card = ModelCardInfo(base_model=self.recipe.base_model, recipe=self.recipe.name,
+                             data=f"{best.label}, {best.train_images} domain images (run {row['run']})",
+                             metrics={k: float(row[k]) for k in ("cgF1", "pmF1", "IL_MCC", "AP")},
+                             notes=f"Best of {len(rows)} runs of recipe {self.recipe.name}; see results.md.")
+        export_merged(model, processor, target, card)
+        atomic_write_text(marker, json.dumps({"run": row["run"], "arm": best.label, "cgF1": row["cgF1"]}) + "\n")
+        return target
+
+    # ----- the whole recipe ---------------------------------------------------------------------------------
+    def run(self) -> RecipeOutputs:
+        """Every step, skipping finished work."""
+        r = self.recipe
+        if not self.progress:
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()
+        findings = check_recipe(r)
+        if any(f.fatal for f in findings):
+            raise ConfigError(check_message(r, findings, self.where).replace("\n", " |"))
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "recipe.json", json.dumps(
+            {"recipe": dataclasses.asdict(r), "source": self.where, "versions": _versions()}, indent=2) + "\n")
+        datasets = self._timed("data", self.data)
+        verifier = self._timed("verifier", lambda: self.verifier(datasets["hq"]))
+        datasets.update(self._timed("synth", lambda: self.synth(verifier)))
+        jobs = self.jobs(datasets)
+        rows = self._timed("train", lambda: self.train(jobs))
+        notes = self._notes(rows, verifier)
+        self._timed("report", lambda: self.report(rows, notes))
+        export = self._timed("export", lambda: self.export(rows))
+        atomic_write_text(self.out / "timings.json", json.dumps(self.timings, indent=2) + "\n")
+        return RecipeOutputs(self.out, rows, export, dict(self.timings), notes)
+
+    def _timed(self, step: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        self.say(f"[{step}] ...")
+        value = fn()
+        self.timings[step] = round(time.perf_counter() - start, 1)
+        return value
+
+    def _notes(self, rows: list[dict[str, Any]], verifier: Path | None) -> list[str]:
+        """What a reader of results.md should know: short datasets, the verifier, the data engine's yield."""
+        notes = []
+        for row in rows:
+            if row["arm"] != "zero-shot" and int(row["train_images"]) < int(row.get("requested_images", 0)):
+                notes.append(f"{row['run']}: only {row['train_images']} of the {row['requested_images']} requested "
+                             "domain images exist (the source is smaller).")
+        if verifier is not None:
+            rep = verifier_report(verifier)
+            notes.append(f"verifier: a crop classifier trained on {rep.get('images', '?')} HQ training images "
+                         f"({rep.get('examples', '?')} crops; train accuracy {rep.get('train_accuracy', '?')}).")
+        for name in ("pool", "gen"):
+            summary = self.out / "synth" / name / "summary.json"
+            if summary.is_file():
+                notes.append(f"data engine ({name}): see synth/{name}/summary.md for what the verifiers kept.")
+        return notes
+
+
+def _worker_devices(accelerator: str, workers: int) -> list[int | None]:
+    """The GPU each worker process gets (round robin), or None for CPU workers."""
+    import torch
+
+    gpus = torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
+    return [i % gpus if gpus else None for i in range(workers)]
+
+
+def _init_worker(queue: Any, threads: int | None) -> None:
+    """Pin a worker process to its GPU (or thread count) before torch is used."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    device = queue.get()
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
