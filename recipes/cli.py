@@ -61,6 +61,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if any(f.fatal for f in findings):
         print(check_message(recipe, findings, where), file=sys.stderr)
         return EXIT_MISSING
+    if args.quiet:
+        import os
+
+        os.environ["TQDM_DISABLE"] = "1"  # every tqdm bar, in this process and the training workers
     outputs = RecipeRun(recipe, args.out, where, progress=not args.quiet).run()
     print((args.out / "results.md").read_text().split("![")[0].strip())
     print(f"wrote {args.out}/results.csv, results.md, scaling.png"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,8 @@ def run_job(job: TrainJob) -> dict[str, Any]:
     """Train (unless zero-shot), evaluate on the test set, save the model and result.json; returns the result."""
     import torch
 
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # short runs say so
+    warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")  # PhraseBatch moves itself
     s = job.settings
     if s.threads_per_job:
         torch.set_num_threads(s.threads_per_job)

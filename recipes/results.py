@@ -25,13 +25,16 @@ def arm_label(row: dict[str, Any]) -> str:
     return row["arm"] if row.get("mix", "none") == "none" else f"{row['arm']} + {row['mix']} 1:1"
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> None:
-    """results.csv: the COLUMNS of every row, in run order."""
+def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> bool:
+    """results.csv: the COLUMNS of every row, in run order; False when the file already says exactly that."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
+    if Path(path).is_file() and Path(path).read_text() == buffer.getvalue():
+        return False
     atomic_write_text(path, buffer.getvalue())
+    return True
 
 
 def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:

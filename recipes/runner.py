@@ -175,7 +175,10 @@ class RecipeRun:
     def report(self, rows: list[dict[str, Any]], notes: list[str]) -> None:
         """results.csv, results.md, scaling.png and the W&B summary run."""
         r = self.recipe
-        write_csv(rows, self.out / "results.csv")
+        changed = write_csv(rows, self.out / "results.csv")
+        if not changed and (self.out / "results.md").is_file() and (self.out / "scaling.png").is_file():
+            self.say("report: results unchanged since the last run, kept")
+            return
         title = f"Recipe {r.name}: {r.description}" if r.description else f"Recipe {r.name}"
         scaling_plot(rows, self.out / "scaling.png", f"{r.name}: cgF1 against domain training images")
         atomic_write_text(self.out / "results.md", results_markdown(rows, title, notes))

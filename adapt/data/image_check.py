@@ -22,8 +22,9 @@ def check_images(result: ReadResult, file: str) -> ReadResult:
     """Drop the samples whose image is missing, does not decode, or has another size; each becomes a problem."""
     samples = result.samples
     workers = max(1, min(MAX_WORKERS, os.cpu_count() or 1, len(samples)))
+    quiet = len(samples) <= PROGRESS_OVER or os.environ.get("TQDM_DISABLE") == "1"  # tqdm's own switch, honoured
     with ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=len(samples), desc="checking images", unit="img", disable=len(samples) <= PROGRESS_OVER) as bar:
+            tqdm(total=len(samples), desc="checking images", unit="img", disable=quiet) as bar:
         messages = []
         for message in pool.map(image_problem, samples):
             messages.append(message)
