@@ -88,7 +88,7 @@ def main() -> None:
                 tmp, f"vlm{batch}", toy, {"vlm": {"model": str(vlm), "batch_size": batch}}, args)["verify"]
     n = args.images
     print(f"{n} images of {args.size} px, teacher {args.teacher}, {args.threads} thread(s), {cpu_model()}")
-    print(f"| stage | seconds | images/s |\n|---|---|---|")
+    print("| stage | seconds | images/s |\n|---|---|---|")
     for name, seconds in rows.items():
         print(f"| {name} | {seconds:.2f} | {n / seconds:.1f} |")
     if args.json:

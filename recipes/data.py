@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from sam3_model.errors import ConfigError
 from sam3_model.predict import load_image
 from synth.config import CropClassifierCheck, SynthConfig, synth_config_from_mapping
 from synth.engine import SynthRun
-from verifiers.crop_classifier import CropClassifierVerifier, LabelledObject, train_crop_classifier
+from verifiers.crop_classifier import LabelledObject, train_crop_classifier
 from verifiers.geometric import mask_iou
 
 from .config import DataRef, ImagesRef, RecipeConfig
@@ -134,12 +133,3 @@ def verifier_report(out: Path) -> dict[str, Any]:
     path = out / "report.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
-
-def load_verifier(out: Path) -> CropClassifierVerifier:
-    """The trained verifier saved in `out`."""
-    return CropClassifierVerifier.from_pretrained(out)
-
-
-def exists(path: str | os.PathLike[str]) -> bool:
-    """Whether a file or folder exists (for `recipe check`)."""
-    return Path(path).exists()

@@ -37,12 +37,6 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> b
     return True
 
 
-def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
-    """The rows of a results.csv."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @dataclass
 class Group:
     """The runs of one arm, mix and data size (one per seed)."""
