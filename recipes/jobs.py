@@ -125,8 +125,8 @@ def _run_job(job: TrainJob) -> dict[str, Any]:
     data = Sam3DataModule(train=job.train_data or None, val=[job.test], batch_size=s.batch_size,
                           num_workers=s.num_workers, augment=s.augment, seed=job.seed)
     logger = _logger(job)
-    common = dict(default_root_dir=str(out), accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=_strategy(s),
-                  precision=s.precision, logger=logger, enable_model_summary=False,
+    common = dict(default_root_dir=str(out), accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes,
+                  strategy=_strategy(s), precision=s.precision, logger=logger, enable_model_summary=False,
                   enable_progress_bar=job.progress)
     seconds, steps = 0.0, 0
     if job.train_data:

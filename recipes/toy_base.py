@@ -123,7 +123,8 @@ def train_base(out: str | Path, cfg: BaseTraining, work: str | Path | None = Non
     data = Sam3DataModule(train=[DatasetSpec(str(train_json), max_negatives=cfg.max_negatives)],
                           val=[DatasetSpec(str(test_json))], batch_size=cfg.batch_size, num_workers=1,
                           augment=AugmentConfig(scale_jitter=False), seed=cfg.seed)
-    trainer = L.Trainer(default_root_dir=str(work), accelerator="cpu", max_steps=cfg.steps, max_time={"minutes": cfg.minutes},
+    trainer = L.Trainer(default_root_dir=str(work), accelerator="cpu", max_steps=cfg.steps,
+                        max_time={"minutes": cfg.minutes},
                         precision="32-true", logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
                         limit_val_batches=0, enable_model_summary=False, log_every_n_steps=50)
     start = time.perf_counter()
