@@ -299,6 +299,7 @@ def _init_worker(queue: Any, threads: int | None) -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ["TQDM_DISABLE"] = "1"  # side-by-side jobs would interleave their bars with the runs bar
     device = queue.get()
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
