@@ -16,7 +16,7 @@ from adapt.data.transforms import AugmentConfig
 from sam3_model.adapters import LoraSettings
 from sam3_model.configfile import dataclass_from_mapping, load_yaml_or_json
 from sam3_model.errors import ConfigError
-from synth.config import RunConfig, SourceConfig, VerifyConfig
+from synth.config import RunConfig, SourceConfig, VerifyConfig, maybe_local
 from synth.labelling import TeacherConfig
 from verifiers.crop_classifier import CropClassifierConfig
 
@@ -165,8 +165,7 @@ class RecipeConfig:
 
     def model_source(self, source: str) -> str:
         """A model reference: a directory relative to the recipe when one exists there, else as given."""
-        candidate = Path(self.base_dir) / source
-        return str(candidate) if not os.path.isabs(source) and candidate.is_dir() else source
+        return maybe_local(source, self.base_dir)
 
     def teacher_config(self) -> TeacherConfig:
         """The teacher of the data engine: the recipe's base model unless the teacher section names another."""

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 
 from adapt.data.datamodule import DatasetSpec
 from adapt.data.readers import read_dataset
@@ -118,14 +117,10 @@ def train_verifier(recipe: RecipeConfig, hq_train: Dataset, out: Path, phrases: 
     examples = [(load_image(s.image_path, str(s.image_path)), labelled_objects(s)) for s in samples]
     examples = [(image, objects) for image, objects in examples if objects]
     config = recipe.verifier_training or None
-    verifier, report = train_crop_classifier([(_rgb(i), o) for i, o in examples], phrases, config)
+    verifier, report = train_crop_classifier(examples, phrases, config)
     verifier.save(out)
     atomic_write_text(out / "report.json", json.dumps({**report, "images": len(examples)}, indent=2) + "\n")
     return out
-
-
-def _rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def verifier_report(out: Path) -> dict[str, Any]:

@@ -173,6 +173,12 @@ class SynthConfig:
         return path if os.path.isabs(path) else str(Path(self.base_dir) / path)
 
 
+def maybe_local(source: str, base: str | os.PathLike[str]) -> str:
+    """`source` as a path under `base` when such a directory exists there, else unchanged (a Hub id, a preset)."""
+    candidate = Path(base) / source
+    return str(candidate) if not os.path.isabs(source) and candidate.is_dir() else source
+
+
 def synth_config_from_mapping(data: Any, where: str, base_dir: str | os.PathLike[str] = ".") -> SynthConfig:
     """Build a `SynthConfig` from parsed YAML; relative paths resolve against `base_dir`."""
     if isinstance(data, dict):

@@ -19,7 +19,7 @@ from sam3_model.errors import ConfigError
 from sam3_model.predict import ConceptSegmenter
 from verifiers.compose import VerifierChain
 
-from .config import SynthConfig
+from .config import SynthConfig, maybe_local
 from .labelling import PseudoLabeller
 from .merge import MergeSettings, merge_run
 from .ontology import Ontology
@@ -42,12 +42,6 @@ def _absolute(config: Any, base: Path, fields: tuple[str, ...]) -> Any:
         elif isinstance(value, list) and value:
             changes[name] = [v if os.path.isabs(v) else str(base / v) for v in value]
     return dataclasses.replace(config, **changes)
-
-
-def _maybe_local(source: str, base: Path) -> str:
-    """`source` as a path under `base` when such a directory exists there, else unchanged (a Hub id, a preset)."""
-    candidate = base / source
-    return str(candidate) if not os.path.isabs(source) and candidate.is_dir() else source
 
 
 def teacher_dtype(name: str, accelerator: str) -> torch.dtype | None:
@@ -78,7 +72,7 @@ def build_source(config: SynthConfig, ontology: Ontology) -> ImageSource:
                                  backgrounds=_absolute(cp.backgrounds, base, pool_fields))
         return CopyPasteSource(cp, ontology)
     gen = config.source.generate
-    gen = dataclasses.replace(gen, pipeline=_maybe_local(gen.pipeline, base))
+    gen = dataclasses.replace(gen, pipeline=maybe_local(gen.pipeline, base))
     if gen.inpaint is not None:
         gen = dataclasses.replace(gen, inpaint=dataclasses.replace(
             gen.inpaint, backgrounds=_absolute(gen.inpaint.backgrounds, base, pool_fields)))
@@ -91,7 +85,7 @@ def build_labeller(config: SynthConfig, ontology: Ontology) -> PseudoLabeller | 
         return None
     t = config.teacher
     segmenter = ConceptSegmenter.from_pretrained(
-        _maybe_local(t.model, Path(config.base_dir)), image_size=t.image_size,
+        maybe_local(t.model, Path(config.base_dir)), image_size=t.image_size,
         dtype=teacher_dtype(t.dtype, config.run.accelerator), prompt_batch_size=t.prompt_batch_size)
     return PseudoLabeller(segmenter, ontology, t)
 
@@ -109,7 +103,7 @@ def build_chain(config: SynthConfig) -> tuple[VerifierChain, dict[str, nn.Module
     if v.crop_classifier is not None:
         from verifiers.crop_classifier import CropClassifierVerifier
 
-        crop = CropClassifierVerifier.from_pretrained(_maybe_local(v.crop_classifier.model, base),
+        crop = CropClassifierVerifier.from_pretrained(maybe_local(v.crop_classifier.model, base),
                                                       threshold=v.crop_classifier.threshold)
         mask.append(crop)
         modules["crop_classifier"] = crop.net
@@ -117,7 +111,7 @@ def build_chain(config: SynthConfig) -> tuple[VerifierChain, dict[str, nn.Module
         from verifiers.clip_score import ClipMaskVerifier
 
         c = v.clip
-        clip = ClipMaskVerifier.from_pretrained(_maybe_local(c.model, base), threshold=c.threshold,
+        clip = ClipMaskVerifier.from_pretrained(maybe_local(c.model, base), threshold=c.threshold,
                                                 prompt_template=c.prompt_template,
                                                 contrast_phrases=tuple(c.contrast_phrases), batch_size=c.batch_size)
         mask.append(clip)
@@ -126,7 +120,7 @@ def build_chain(config: SynthConfig) -> tuple[VerifierChain, dict[str, nn.Module
         from verifiers.agreement import TeacherAgreementVerifier
 
         a = v.agreement
-        agree = TeacherAgreementVerifier.from_pretrained(_maybe_local(a.model, base), image_size=a.image_size,
+        agree = TeacherAgreementVerifier.from_pretrained(maybe_local(a.model, base), image_size=a.image_size,
                                                          iou_threshold=a.iou_threshold, min_score=a.min_score)
         mask += [agree] if a.mask else []
         exhaustivity += [agree] if a.exhaustivity else []
@@ -135,7 +129,7 @@ def build_chain(config: SynthConfig) -> tuple[VerifierChain, dict[str, nn.Module
         from verifiers.vlm import VlmVerifier
 
         m = v.vlm
-        vlm = VlmVerifier.from_pretrained(_maybe_local(m.model, base), threshold=m.threshold, mode=m.mode,
+        vlm = VlmVerifier.from_pretrained(maybe_local(m.model, base), threshold=m.threshold, mode=m.mode,
                                           batch_size=m.batch_size, max_new_tokens=m.max_new_tokens)
         mask += [vlm] if m.mask else []
         exhaustivity += [vlm] if m.exhaustivity else []
