@@ -59,14 +59,17 @@ def assert_outputs_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
 
 
 def assert_merge_exact(exported: Sam3Model, peft_model: PeftModel) -> None:
-    """`exported` is the merged adapted model: bit-equal to a merge done here, and equal to the unmerged model.
+    """`exported` is the merged adapted model: equal to a merge done here, and equal to the unmerged model.
+
+    The first check allows float round-off only (1e-6): two forward passes of the same weights may differ in the
+    last bits with some kernels (newer torch releases do), so separate computations are compared with a tolerance.
 
     The second check runs in float64: merging in float32 rounds differently from computing W x + B A x, which
     moves `pred_masks` (|logit| up to ~15 on these tiny models) by up to ~3e-5 in float32 arithmetic, while in
     float64 the merged weights' own rounding leaves < 2e-6.
     """
     merged_here = copy.deepcopy(peft_model).merge_and_unload()
-    assert_outputs_close(outputs(exported, inputs()), outputs(merged_here, inputs()), atol=0.0)
+    assert_outputs_close(outputs(exported, inputs()), outputs(merged_here, inputs()), atol=1e-6)
     assert_outputs_close(outputs(exported, inputs(), torch.float64), outputs(peft_model, inputs(), torch.float64))
 
 
@@ -118,7 +121,7 @@ def test_merged_export_reloads_with_plain_transformers_and_matches(adapted, tmp_
     assert type(reloaded) is Sam3Model
     assert not any("lora" in k or "modules_to_save" in k for k in reloaded.state_dict())
     assert reloaded.state_dict().keys() == base.state_dict().keys()
-    assert_outputs_close(outputs(peft_model, inputs()), expected, atol=0.0)  # exporting left the model as it was
+    assert_outputs_close(outputs(peft_model, inputs()), expected, atol=1e-6)  # exporting left the model as it was
     assert_merge_exact(reloaded, peft_model)
 
     reprocessor = Sam3Processor.from_pretrained(out_dir)
@@ -135,7 +138,7 @@ def test_merged_export_reloads_with_plain_transformers_and_matches(adapted, tmp_
 def test_merged_export_of_a_plain_model(tiny, tmp_path: Path) -> None:
     model, processor = tiny
     reloaded = Sam3Model.from_pretrained(export_merged(model, processor, tmp_path / "plain", CARD))
-    assert_outputs_close(outputs(reloaded, inputs()), outputs(model, inputs()), atol=0)
+    assert_outputs_close(outputs(reloaded, inputs()), outputs(model, inputs()), atol=1e-6)
 
 
 def test_adapter_export_reloads_with_peft_and_matches(adapted, tmp_path: Path) -> None:
@@ -143,7 +146,7 @@ def test_adapter_export_reloads_with_peft_and_matches(adapted, tmp_path: Path) -
     out_dir = export_adapter(peft_model, tmp_path / "adapter", CARD)
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= {p.name for p in out_dir.iterdir()}
     reloaded = PeftModel.from_pretrained(copy.deepcopy(base), out_dir)
-    assert_outputs_close(outputs(reloaded, inputs()), outputs(peft_model, inputs()), atol=0.0)
+    assert_outputs_close(outputs(reloaded, inputs()), outputs(peft_model, inputs()), atol=1e-6)
     assert json.loads((out_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == CARD.base_model
     card = (out_dir / "README.md").read_text()
     assert "library_name: peft" in card and "PeftModel.from_pretrained" in card and "0.4321" in card
@@ -244,7 +247,7 @@ def test_exports_replace_atomically_and_refuse_foreign_directories(tiny, adapted
     with pytest.raises(OSError, match="disk full"):
         export_merged(peft_model, FailingProcessor(), target, CARD)  # type: ignore[arg-type]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
-    assert_outputs_close(outputs(Sam3Model.from_pretrained(target), inputs()), outputs(model, inputs()), atol=0)
+    assert_outputs_close(outputs(Sam3Model.from_pretrained(target), inputs()), outputs(model, inputs()), atol=1e-6)
 
     foreign = tmp_path / "photos"
     foreign.mkdir()
