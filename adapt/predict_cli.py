@@ -13,10 +13,11 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from sam3_model.atomic import atomic_write, atomic_write_text
-from sam3_model.errors import ConfigError, ImageError, PromptError
+from sam3_model.errors import ConfigError, PromptError
+from sam3_model.images import read_image_size
 from sam3_model.loading import DEFAULT_HUB_ID
 from sam3_model.presets import PRESETS
 from sam3_model.records import ConceptPrompt
@@ -70,14 +71,9 @@ def overlay_paths(overlay: Path, n_images: int) -> list[Path]:
 
 
 def _image_size(path: str) -> tuple[int, int]:
-    """(H, W) of an image file, read from its header; `ImageError` if it is missing or not an image."""
-    try:
-        with Image.open(path) as image:
-            return image.height, image.width
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
-        raise ImageError(f"{path}: cannot read or decode the image ({type(err).__name__}: {err})") from None
+    """(H, W) of an image file as displayed (EXIF orientation applied); `ImageError` if it is missing or bad."""
+    width, height = read_image_size(path)
+    return height, width
 
 
 def _check_boxes_inside(texts: Sequence[str], boxes: Sequence[tuple[Box, int]], path: str) -> None:
@@ -121,7 +117,8 @@ def _device(name: str | None) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Find every instance of each prompt in each image; write COCO results JSON and optional overlays."""
     from adapt.overlay import render_overlay
-    from sam3_model.predict import ConceptSegmenter, load_image, to_coco_results
+    from sam3_model.images import load_image
+    from sam3_model.predict import ConceptSegmenter, to_coco_results
     from sam3_model.prompting import prompt_text
 
     images: list[str] = list(args.image)  # as given: they are the results' file_name

@@ -38,7 +38,7 @@ from adapt.data.batch import PhraseCollator
 from adapt.data.dataset import PhraseDataset
 from adapt.data.records import ImageSample, PhraseInstances
 from adapt.data.transforms import AugmentConfig, TrainTransform
-from sam3_model.predict import load_image
+from sam3_model.images import load_image
 from sam3_model.records import encode_mask
 from sam3_model.tokenizer import build_offline_tokenizer
 

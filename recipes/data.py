@@ -18,7 +18,7 @@ from adapt.data.readers import read_dataset
 from adapt.data.records import ImageSample
 from sam3_model.atomic import atomic_write_text
 from sam3_model.errors import ConfigError
-from sam3_model.predict import load_image
+from sam3_model.images import load_image
 from synth.config import CropClassifierCheck, SynthConfig, synth_config_from_mapping
 from synth.engine import SynthRun
 from verifiers.crop_classifier import LabelledObject, train_crop_classifier

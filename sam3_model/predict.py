@@ -16,41 +16,19 @@ from typing import Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 from transformers import Sam3Model, Sam3Processor
 from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput, Sam3VisionEncoderOutput
 
 from .atomic import atomic_write_text
-from .errors import ConfigError, ImageError
+from .errors import ConfigError
+from .images import ImageInput, load_image
 from .loading import DEFAULT_HUB_ID, load_model
 from .prompting import prompt_tensors, prompt_text, validate_prompt
 from .records import RLE, ConceptPrompt, ConceptResult, Instance, encode_mask, mask_area
 
-ImageInput = Union[Image.Image, np.ndarray, str, os.PathLike]
 PromptInput = Union[ConceptPrompt, str]
 _MASK_CHUNK = 16  # masks resized to full resolution at a time (bounds memory on large images)
-
-
-def load_image(image: ImageInput, where: str) -> Image.Image:
-    """An RGB PIL image from a PIL image, an (H, W, 3) uint8 array or a file path; `ImageError` otherwise."""
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as opened:
-                return opened.convert("RGB")
-        except FileNotFoundError:
-            raise ImageError(f"{image}: no such image file") from None
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
-            raise ImageError(f"{image}: cannot read or decode the image ({type(err).__name__}: {err})") from None
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-            raise ImageError(f"{where}: expected an (H, W, 3) uint8 RGB array, got {image.dtype} {image.shape}")
-        return Image.fromarray(image)
-    if isinstance(image, Image.Image):
-        if 0 in image.size:
-            raise ImageError(f"{where}: the image is empty ({image.size[0]}x{image.size[1]})")
-        return image.convert("RGB")
-    raise ImageError(f"{where}: expected a PIL image, an (H, W, 3) uint8 array or a path, got {type(image).__name__}")
 
 
 def _expand_vision(vision: Sam3VisionEncoderOutput, n: int) -> Sam3VisionEncoderOutput:

@@ -22,7 +22,7 @@ from pycocotools import mask as mask_utils
 from torch import nn
 
 from sam3_model.atomic import atomic_write
-from sam3_model.predict import load_image
+from sam3_model.images import load_image
 from sam3_model.records import Instance, coco_rle
 from verifiers.base import VerifyItem
 from verifiers.compose import VerifierChain

@@ -143,7 +143,9 @@ def test_read_human_sample(sample_dir, suffix):
     (lambda d: d["exhaustivity"][0].update(file_name="missing.png"), "exhaustivity[0]: image 'missing.png' not found"),
     (lambda d: d["mask"][0].update(file_name="broken.png"), "mask[0]: cannot read image 'broken.png'"),
     (lambda d: d["mask"][2].update(mask=encode_mask(np.zeros((H, W + 1), np.uint8))),
-     "mask[2]: mask: size [40, 51] != image size [40, 50]"),
+     "mask[2]: mask: RLE size [40, 51] (height, width) disagrees with the image's [40, 50]"),
+    (lambda d: d["mask"][2].update(mask={"size": [H, W], "counts": "3Z2"}),  # runs cover 3 + 0 + ... pixels
+     "mask[2]: mask: compressed RLE counts are corrupt"),
     (lambda d: d["mask"][0].update(lable="accept"), "mask[0]: unknown keys ['lable']"),
     (lambda d: d["mask"][0].pop("phrase"), "mask[0]: missing phrase"),
     (lambda d: d["mask"][0].update(box_xyxy_px=[5, 5, 1, 1]), "mask[0]: box_xyxy_px [5.0, 5.0, 1.0, 1.0] has"),

@@ -30,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image, UnidentifiedImageError
-from pycocotools import mask as mask_utils
+from PIL import Image
 
 from sam3_model.atomic import atomic_write, atomic_write_text
-from sam3_model.errors import DatasetError
+from sam3_model.errors import DatasetError, ImageError
+from sam3_model.images import load_image
+from sam3_model.formats import FormatProblem, check_rle
 from sam3_model.records import RLE, Instance, decode_mask
 
 from .base import EV_OPTIONS, MV_OPTIONS, UNPARSED, ExhaustivityVerifier, MaskVerifier, Verdict, VerifyItem
@@ -66,31 +67,13 @@ def _number(value, what: str, low: float | None = None, high: float | None = Non
 
 
 def _rle(value, size_hw: tuple[int, int], what: str) -> RLE:
-    """A compressed str-counts RLE of the image size from a compressed or uncompressed COCO RLE."""
-    if not isinstance(value, dict) or "size" not in value or "counts" not in value:
+    """A compressed str-counts RLE of the image size from a compressed or uncompressed COCO RLE (checked runs)."""
+    if not isinstance(value, dict):
         raise _Bad(f"{what} must be a COCO RLE {{'size': [H, W], 'counts': ...}}, got {type(value).__name__}")
-    size = value["size"]
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) for s in size)):
-        raise _Bad(f"{what}: size must be [H, W], got {size!r}")
-    if tuple(size) != size_hw:
-        raise _Bad(f"{what}: size {list(size)} != image size {list(size_hw)}")
-    counts = value["counts"]
     try:
-        if isinstance(counts, list):  # uncompressed RLE
-            coded = mask_utils.frPyObjects({"size": list(size), "counts": counts}, *size)
-        elif isinstance(counts, str):
-            coded = {"size": list(size), "counts": counts.encode("ascii")}
-        else:
-            raise _Bad(f"{what}: counts must be a string or a list of run lengths, got {type(counts).__name__}")
-        decoded = mask_utils.decode(coded)
-    except _Bad:
-        raise
-    except Exception as err:  # noqa: BLE001 - pycocotools raises assorted errors on garbage counts
-        raise _Bad(f"{what}: cannot decode the RLE ({type(err).__name__}: {err})") from None
-    if decoded.shape != size_hw:
-        raise _Bad(f"{what}: the RLE decodes to {list(decoded.shape)}, not the image size {list(size_hw)}")
-    rle = mask_utils.encode(np.asfortranarray(decoded))
-    return {"size": list(size), "counts": rle["counts"].decode("ascii")}
+        return check_rle(value, *size_hw)
+    except FormatProblem as err:
+        raise _Bad(f"{what}: {err}") from None
 
 
 def _instance(value, size_hw: tuple[int, int], what: str = "") -> Instance:
@@ -128,13 +111,12 @@ class _Images:
             raise _Bad(f"file_name must be a non-empty string, got {file_name!r}")
         path = (self.root / file_name).resolve()
         if path not in self.cache:
+            if not path.is_file():
+                raise _Bad(f"image {file_name!r} not found in {self.root}")
             try:
-                with Image.open(path) as opened:
-                    self.cache[path] = opened.convert("RGB")
-            except FileNotFoundError:
-                raise _Bad(f"image {file_name!r} not found in {self.root}") from None
-            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
-                raise _Bad(f"cannot read image {file_name!r} ({type(err).__name__}: {err})") from None
+                self.cache[path] = load_image(path, str(path))
+            except ImageError as err:
+                raise _Bad(f"cannot read image {file_name!r} ({err})") from None
         return self.cache[path]
 
 

@@ -28,14 +28,13 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from sam3_model.formats import FormatProblem, check_rle
 from sam3_model.records import RLE, mask_area
 
 BOX_TOLERANCE_PX = 1.0  # how far (pixels) a box may stick out of the image before it is a problem
 
 
-class AnnotationProblem(ValueError):
-    """One bad box or segmentation; the message says what, the caller adds the file and the entry."""
-
+AnnotationProblem = FormatProblem  # one bad box or segmentation; the caller adds the file and the entry
 
 def is_number(value: Any) -> bool:
     """A JSON number (int or float, not a bool) that is finite."""
@@ -129,7 +128,7 @@ def has_segmentation(seg: Any) -> bool:
 def segmentation_to_rle(seg: Any, height: int, width: int) -> RLE:
     """Polygons, uncompressed or compressed RLE -> compressed RLE (str counts) of the (height, width) image."""
     if isinstance(seg, Mapping):
-        rle = _rle_to_rle(seg, height, width)
+        rle = check_rle(seg, height, width)
     elif isinstance(seg, list):
         rle = polygons_to_rle(seg, height, width)
     else:
@@ -158,63 +157,6 @@ def polygons_to_rle(polygons: Sequence[Any], height: int, width: int) -> RLE:
             raise AnnotationProblem(f"polygon {k} has {len(poly) // 2} points, needs at least 3")
     coded = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in p] for p in polygons], height, width))
     return str_counts(coded)
-
-
-def _rle_to_rle(seg: Mapping[str, Any], height: int, width: int) -> RLE:
-    """An uncompressed or compressed RLE, checked (size, runs) -> compressed RLE with str counts."""
-    if "size" not in seg or "counts" not in seg:
-        raise AnnotationProblem("RLE segmentation needs 'size' and 'counts'")
-    size = seg["size"]
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and list(size) == [height, width]):
-        raise AnnotationProblem(f"RLE size {size!r} (height, width) disagrees with the image's [{height}, {width}]")
-    counts = seg["counts"]
-    if isinstance(counts, list):
-        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
-            raise AnnotationProblem("uncompressed RLE counts must be non-negative integers")
-        total = sum(counts)
-        if total != height * width:
-            raise AnnotationProblem(f"RLE runs cover {total} pixels, the image has {height * width}")
-        return str_counts(mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width))
-    if isinstance(counts, bytes):
-        try:
-            counts = counts.decode("ascii")
-        except UnicodeDecodeError:
-            raise AnnotationProblem("compressed RLE counts are not ASCII") from None
-    if not isinstance(counts, str):
-        raise AnnotationProblem(f"RLE counts must be a string or a list of integers, got {type(counts).__name__}")
-    runs = compressed_runs(counts)
-    total = sum(runs)
-    if any(r < 0 for r in runs) or total != height * width:
-        raise AnnotationProblem(f"compressed RLE counts are corrupt (runs cover {total} pixels, the image has "
-                                f"{height * width})")  # fmt: skip
-    return {"size": [height, width], "counts": counts}
-
-
-def compressed_runs(counts: str) -> list[int]:
-    """The run lengths of a COCO compressed RLE string (pycocotools' `rleFrString`), or `AnnotationProblem`.
-
-    pycocotools decodes corrupt strings into garbage without complaint; this is the check it does not make.
-    """
-    runs: list[int] = []
-    p, n = 0, len(counts)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise AnnotationProblem("compressed RLE counts end in the middle of a number")
-            c = ord(counts[p]) - 48
-            if not 0 <= c < 64:
-                raise AnnotationProblem(f"compressed RLE counts hold an invalid character {counts[p]!r}")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        runs.append(x)
-    return runs
 
 
 def str_counts(rle: Mapping[str, Any]) -> RLE:

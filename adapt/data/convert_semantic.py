@@ -29,7 +29,8 @@ from scipy import ndimage
 
 from sam3_model.atomic import atomic_write_text
 from sam3_model.configfile import load_yaml_or_json
-from sam3_model.errors import ConfigError, DatasetError
+from sam3_model.errors import ConfigError, DatasetError, ImageError
+from sam3_model.images import read_image_size as displayed_image_size
 from sam3_model.records import encode_mask
 
 from .problems import resolve_problems
@@ -196,12 +197,11 @@ def list_images(images_dir: Path) -> list[Path]:
 
 
 def read_image_size(path: Path) -> tuple[int, int]:
-    """An image's (width, height) from its header; an unreadable file is a problem."""
+    """An image's (width, height) as displayed (EXIF orientation applied), from its header; a bad file is a problem."""
     try:
-        with Image.open(path) as img:
-            return img.size
-    except Exception as err:  # noqa: BLE001 (PIL raises assorted types on bad files)
-        raise ConversionProblem(path, f"image does not open ({type(err).__name__}: {err})") from None
+        return displayed_image_size(path)
+    except ImageError as err:
+        raise ConversionProblem(path, f"image does not open ({err})") from None
 
 
 def coco_image(image_id: int, image_path: Path, out_dir: Path, width: int, height: int) -> dict:

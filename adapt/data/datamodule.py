@@ -26,7 +26,7 @@ from adapt.data.readers import read_dataset
 from adapt.data.records import ImageSample
 from adapt.data.transforms import AugmentConfig, EvalTransform, TrainTransform
 from sam3_model.errors import ConfigError
-from sam3_model.predict import load_image
+from sam3_model.images import load_image
 from sam3_model.tokenizer import build_offline_tokenizer
 
 log = logging.getLogger(__name__)

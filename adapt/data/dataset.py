@@ -25,7 +25,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from sam3_model.errors import ConfigError, DatasetError, ImageError
-from sam3_model.predict import load_image
+from sam3_model.images import load_image
 from sam3_model.records import RLE
 
 from .batch import PhraseItem, SampleMeta

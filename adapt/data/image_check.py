@@ -1,7 +1,8 @@
 """Check that every sample's image exists, decodes, and has the size its annotation file declares.
 
 Decoding is the cheap kind: JPEGs are decoded at 1/8 scale (PIL's draft mode still reads the whole stream, so a
-truncated file fails), other formats in full. The size compared is the stored one, before any EXIF rotation.
+truncated file fails), other formats in full. The size compared is the displayed one, after the EXIF orientation
+(as labelme, Roboflow and ultralytics annotate, and as every image reader here loads it).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 from tqdm import tqdm
+
+from sam3_model.images import displayed_size
 
 from .records import DatasetProblem, ImageSample, ReadResult
 
@@ -45,10 +48,12 @@ def image_problem(sample: ImageSample) -> str | None:
         return "image file not found" if not path.exists() else "image path is not a file"
     try:
         with Image.open(path) as img:
-            width, height = img.size
+            width, height = displayed_size(img)
             if (width, height) != (sample.width, sample.height):
-                return (f"image is {width}x{height} (width x height), the annotation file says "
+                rotated = " after its EXIF orientation" if (width, height) != img.size else ""
+                return (f"image is {width}x{height} (width x height){rotated}, the annotation file says "
                         f"{sample.width}x{sample.height}")  # fmt: skip
+            width, height = img.size
             img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))  # JPEG only; a no-op otherwise
             img.load()
     except Exception as err:  # noqa: BLE001 (PIL raises OSError, SyntaxError, ValueError... on bad files)

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from sam3_model.errors import ConfigError, ImageError
+from sam3_model.images import load_image
 from sam3_model.records import RLE, decode_mask, encode_mask
 
 from .base import ExactInstance, ProducedImage, SourceSkip, Task
@@ -143,10 +144,9 @@ class CopyPasteSource:
             self._cache.move_to_end(key)
             return self._cache[key]
         try:
-            with Image.open(path) as opened:  # as stored (no EXIF rotation): the masks are of the stored pixels
-                pixels = np.asarray(opened.convert("RGB"))
-        except Exception as err:  # noqa: BLE001 (PIL raises many kinds on bad files)
-            raise ImageError(f"{path}: cannot decode ({type(err).__name__}: {err})") from None
+            pixels = np.asarray(load_image(path, str(path)))  # as displayed, like the masks of every reader
+        except ImageError as err:
+            raise ImageError(f"{path}: cannot decode ({err})") from None
         self._cache[key] = pixels
         if len(self._cache) > SOURCE_CACHE:
             self._cache.popitem(last=False)
