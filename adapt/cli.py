@@ -87,10 +87,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "AP" in m:
         line += f"  AP {100 * m['AP']:.2f}  AP50 {100 * m['AP50']:.2f}"
     print(line)
-    dropped = int(m.get("num_predictions_dropped_category", 0))
-    if dropped:
-        print(f"note: {dropped} predictions had a category_id that is not a ground-truth category and were "
-              "ignored, as the official evaluator does", file=sys.stderr)
+    for note in evaluation.notes:
+        print(note, file=sys.stderr)
     print(f"wrote {args.out}" + (f" and {args.report}" if args.report else ""))
     return 0
 
@@ -174,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     info = verbs.add_parser("info", help="parameter counts per component and LoRA preset")
-    info.add_argument("--model", default="sam3", help=model_help)
+    info.add_argument("--model", default="sam3-random", help=model_help)
     info.add_argument("--lora-rank", type=int, default=16)
     info.set_defaults(func=cmd_info)
     return parser

@@ -291,7 +291,7 @@ def wait_fraction(pairs: list[tuple[float, float]]) -> float | None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="tiny", choices=("tiny", "small", "sam3"))
+    parser.add_argument("--preset", default="tiny", choices=("tiny", "small", "sam3-random"))
     parser.add_argument("--image-size", type=int, default=None, help="multiple of 14; default: the preset's")
     parser.add_argument("--images", type=int, default=2, help="images per batch")
     parser.add_argument("--phrases", type=int, default=4, help="phrases per image (the last one negative)")

@@ -322,7 +322,7 @@ def synthetic_step(shapes: dict, targets, criteria, clock, autocast, dtype, devi
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="sam3", help="sam3 (released architecture, random weights), small, tiny")
+    parser.add_argument("--preset", default="sam3-random", help="sam3-random (released architecture, random weights), small, tiny")
     parser.add_argument("--image-size", type=int, default=None, help="input canvas (px); sam3 takes only 1008")
     parser.add_argument("--queries-per-image", type=int, default=4, help="phrases of the image (B); last negative")
     parser.add_argument("--instances", type=int, default=5, help="instances per positive phrase")

@@ -2,7 +2,7 @@
 
     python bench/bench_recipe.py demo                       # end-to-end `sam3-adapt recipe run demo`, timed
     python bench/bench_recipe.py arm-time --recipe food     # step time of the recipe's fine-tuning preset
-        [--model sam3] [--device cuda] [--batch-size 8] [--phrases 8] [--steps 3]
+        [--model sam3-random] [--device cuda] [--batch-size 8] [--phrases 8] [--steps 3]
 
 `arm-time` builds the recipe's `Sam3FineTuner` (mode, LoRA, lrs, precision) on `--model` (default: the `sam3`
 preset, the architecture of `facebook/sam3` with random weights: step time does not depend on the weights), times
@@ -111,7 +111,7 @@ def main() -> None:
     demo.add_argument("--set", action="append", default=[], help="recipe overrides, as `recipe run --set`")
     arm = modes.add_parser("arm-time")
     arm.add_argument("--recipe", default="food")
-    arm.add_argument("--model", default="sam3")
+    arm.add_argument("--model", default="sam3-random")
     arm.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     arm.add_argument("--batch-size", type=int, default=8)
     arm.add_argument("--phrases", type=int, default=8)

@@ -1,7 +1,9 @@
-"""Named model configurations: `sam3` (the released architecture), `small` (CPU demo) and `tiny` (tests).
+"""Named model configurations with random weights: `sam3-random`, `small` (CPU demo) and `tiny` (tests).
 
-`small` and `tiny` are random-init models sized for this project's CPU work; `sam3` is transformers' default
-`Sam3Config()` (about 840M parameters), the architecture of `facebook/sam3`.
+`small` and `tiny` are random-init models sized for this project's CPU work; `sam3-random` is transformers'
+default `Sam3Config()` (about 840M parameters), the architecture of `facebook/sam3` with random weights: for
+memory and speed measurements, never for predictions. Its old name `sam3` is refused with the new spelling,
+because it read like the released model.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ PRESET_SPECS: dict[str, PresetSpec] = {
                         text_width=32, text_layers=2, num_queries=10, decoder_layers=3, encoder_layers=1,
                         geometry_layers=1, ffn=128),
 }
-PRESETS: tuple[str, ...] = ("sam3", *PRESET_SPECS)
+FULL_SIZE_PRESET = "sam3-random"
+PRESETS: tuple[str, ...] = (FULL_SIZE_PRESET, *PRESET_SPECS)
+RENAMED_PRESETS = {"sam3": FULL_SIZE_PRESET}  # old name -> new name
 
 
 def _config_from_spec(spec: PresetSpec, image_size: int | None) -> Sam3Config:
@@ -84,13 +88,21 @@ def _config_from_spec(spec: PresetSpec, image_size: int | None) -> Sam3Config:
 
 def build_config(preset: str, image_size: int | None = None) -> Sam3Config:
     """The `Sam3Config` of a named preset; `image_size` overrides the input resolution."""
-    if preset == "sam3":
+    if preset in RENAMED_PRESETS:
+        raise ModelLoadError(renamed_preset_message(preset))
+    if preset == FULL_SIZE_PRESET:
         if image_size not in (None, 1008):
-            raise ModelLoadError("the sam3 preset is the released architecture; its input size is 1008")
+            raise ModelLoadError(f"the {FULL_SIZE_PRESET} preset is the released architecture; its input size is 1008")
         return Sam3Config()
     if preset not in PRESET_SPECS:
         raise ModelLoadError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     return _config_from_spec(PRESET_SPECS[preset], image_size)
+
+
+def renamed_preset_message(name: str) -> str:
+    """The one-line answer to an old preset name."""
+    return (f"{name!r} is no longer a preset name: use {RENAMED_PRESETS[name]} for the released architecture with "
+            f"random weights, facebook/sam3 for the released model, or ./{name} for a folder of that name")
 
 
 def input_size(config: Sam3Config) -> int:

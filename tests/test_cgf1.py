@@ -217,7 +217,7 @@ def test_loaders_roundtrip_and_category_drop(tmp_path):
         ("truncated", "looks truncated"),
         ("no_key", "images[0]: missing required key 'is_instance_exhaustive'"),
         ("score", "[0]: score 1.5 is outside [0, 1]"),
-        ("size", "[0]: mask size [3, 4]"),
+        ("size", "[0]: RLE size [3, 4]"),
         ("unknown", "[0]: image_id 7 is not a pair"),
     ],
 )

@@ -25,7 +25,7 @@ VIT = "vision_encoder.backbone."
 def full_meta() -> nn.Module:
     """The released architecture (32 ViT layers) on the meta device: names and shapes, no memory."""
     with torch.device("meta"):
-        return Sam3Model(build_config("sam3"))
+        return Sam3Model(build_config("sam3-random"))
 
 
 def by_param(model: nn.Module, groups: list[dict]) -> dict[str, dict]:

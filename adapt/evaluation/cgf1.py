@@ -23,6 +23,7 @@ from scipy.optimize import linear_sum_assignment
 from adapt.evaluation.jsonfiles import gc_paused, read_json, require_keys
 from adapt.evaluation.pairs import PairId, PairPrediction, PairTruth
 from sam3_model.errors import DatasetError
+from sam3_model.formats import FormatProblem, check_phrase, check_rle
 
 # The official thresholds, built the same way (COCOeval.Params): 0.75 is exactly the 6th element.
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -299,6 +300,11 @@ class PredictionSet(dict):
         self.num_dropped_category = 0  # category_id not a GT category: silently dropped by the official code
 
 
+def _is_key(value: Any) -> bool:
+    """A JSON value that can be an id (a number or a string; a list or object cannot)."""
+    return isinstance(value, (int, float, str))
+
+
 def _number(value: Any, where: str, key: str) -> float:
     """A finite JSON number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -321,48 +327,51 @@ def _box(value: Any, where: str) -> list[float]:
 
 
 def _rle(segm: Any, height: int, width: int, where: str) -> dict:
-    """Compressed RLE of a segmentation (compressed / uncompressed RLE or polygons), size-checked."""
-    try:
-        if isinstance(segm, list):  # polygons, as COCO.annToRLE
+    """Compressed RLE of a segmentation (compressed / uncompressed RLE or polygons), size- and runs-checked."""
+    if isinstance(segm, dict):
+        try:
+            return check_rle(segm, height, width)
+        except FormatProblem as err:
+            raise DatasetError(f"{where}: {err}") from None
+    if isinstance(segm, list):  # polygons, as COCO.annToRLE
+        try:
             return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
-        if isinstance(segm, dict) and "counts" in segm and "size" in segm:
-            if list(segm["size"]) != [height, width]:
-                raise DatasetError(f"{where}: mask size {list(segm['size'])} != the pair's [height, width] "
-                                   f"[{height}, {width}]")  # fmt: skip
-            if isinstance(segm["counts"], list):  # uncompressed RLE
-                return mask_utils.frPyObjects(segm, height, width)
-            if isinstance(segm["counts"], (str, bytes)):
-                return segm
-    except DatasetError:
-        raise
-    except Exception as e:  # pycocotools raises assorted types on garbage
-        raise DatasetError(f"{where}: unreadable segmentation ({e})") from None
+        except Exception as e:  # noqa: BLE001 - pycocotools raises assorted types on garbage
+            raise DatasetError(f"{where}: unreadable polygon segmentation ({e})") from None
     raise DatasetError(f"{where}: segmentation must be an RLE {{size, counts}} or a polygon list")
 
 
-def load_saco_truth(path: str | Path) -> SacoTruth:
-    """Read one SA-Co GT file: `images[]` are the pairs, `annotations[]` their instances."""
+def load_saco_truth(path: str | Path, data: Any = None) -> SacoTruth:
+    """Read one SA-Co GT file (or its already parsed `data`): `images[]` are the pairs, `annotations[]` their instances."""
     with gc_paused():
-        return _load_saco_truth(path)
+        return _load_saco_truth(path, read_json(path, "ground truth") if data is None else data)
 
 
-def _load_saco_truth(path: str | Path) -> SacoTruth:
-    data = read_json(path, "ground truth")
+def _load_saco_truth(path: str | Path, data: Any) -> SacoTruth:
     require_keys(data, ("images", "annotations", "categories"), f"{path}")
     if not all(isinstance(data[k], list) for k in ("images", "annotations", "categories")):
         raise DatasetError(f"{path}: images, annotations and categories must be lists")
     cats = []
     for i, cat in enumerate(data["categories"]):
         require_keys(cat, ("id",), f"{path}: categories[{i}]")
+        if not isinstance(cat["id"], int) or isinstance(cat["id"], bool):
+            raise DatasetError(f"{path}: categories[{i}]: id must be an integer, got {cat['id']!r}")
         cats.append(cat["id"])
     truth = SacoTruth(str(path), cats)
     for i, img in enumerate(data["images"]):
         where = f"{path}: images[{i}]"
         require_keys(img, ("id", "height", "width", "is_instance_exhaustive"), where)
+        if not _is_key(img["id"]):
+            raise DatasetError(f"{where}: id must be a number or a string, got {img['id']!r}")
         if img["id"] in truth:
             raise DatasetError(f"{where}: duplicate image id {img['id']!r}")
         h, w = int(_number(img["height"], where, "height")), int(_number(img["width"], where, "width"))
-        truth[img["id"]] = PairTruth(img["id"], str(img.get("text_input", "")), h, w, bool(img["is_instance_exhaustive"]))
+        try:  # the phrase rules of training: a pair fit would refuse is refused here too
+            phrase = check_phrase(img.get("text_input"))
+        except FormatProblem as err:
+            raise DatasetError(f"{where}: text_input: {err}") from None
+        truth[img["id"]] = PairTruth(img["id"], phrase, h, w, bool(img["is_instance_exhaustive"]),
+                                     file_name=str(img.get("file_name", "")))
     _add_annotations(truth, data["annotations"], str(path))
     return truth
 
@@ -370,11 +379,14 @@ def _load_saco_truth(path: str | Path) -> SacoTruth:
 def _add_annotations(truth: SacoTruth, anns: list, path: str) -> None:
     """Attach the annotations to their pairs, in the official order (sorted category id, then file order)."""
     order = {c: r for r, c in enumerate(truth.category_ids)}
+    sole = truth.category_ids[0] if len(truth.category_ids) == 1 else None  # implied when an annotation omits it
     grouped: dict[PairId, list[tuple[int, int, list[float] | None, dict | None, bool]]] = {}
     for i, ann in enumerate(anns):
         where = f"{path}: annotations[{i}]"
-        require_keys(ann, ("image_id", "category_id"), where)
-        pair = truth.get(ann["image_id"])
+        require_keys(ann, ("image_id",) if sole is not None else ("image_id", "category_id"), where)
+        if "category_id" not in ann:
+            ann = {**ann, "category_id": sole}
+        pair = truth.get(ann["image_id"]) if _is_key(ann["image_id"]) else None
         if pair is None:
             raise DatasetError(f"{where}: image_id {ann['image_id']!r} is not in images[]")
         if ann["category_id"] not in order:
@@ -406,11 +418,11 @@ def _fill(pair: PairTruth, items: list, path: str) -> None:
 def load_predictions(path: str | Path, truth: Mapping[PairId, PairTruth]) -> PredictionSet:
     """Read COCO-results predictions; a `category_id` outside the GT categories is dropped and counted."""
     with gc_paused():
-        return _load_predictions(path, truth)
+        return parse_predictions(read_json(path, "predictions"), truth, path)
 
 
-def _load_predictions(path: str | Path, truth: Mapping[PairId, PairTruth]) -> PredictionSet:
-    data = read_json(path, "predictions")
+def parse_predictions(data: Any, truth: Mapping[PairId, PairTruth], path: str | Path) -> PredictionSet:
+    """`load_predictions` on an already parsed (and joined) list; `path` names it in messages."""
     if not isinstance(data, list):
         raise DatasetError(f"{path}: a COCO results file must be a JSON list of predictions")
     cats = getattr(truth, "category_ids", None)
@@ -421,7 +433,7 @@ def _load_predictions(path: str | Path, truth: Mapping[PairId, PairTruth]) -> Pr
     for i, ann in enumerate(data):
         where = f"{path}: [{i}]"
         require_keys(ann, ("image_id", "category_id", "score"), where)
-        pair = truth.get(ann["image_id"])
+        pair = truth.get(ann["image_id"]) if _is_key(ann["image_id"]) else None
         if pair is None:
             raise DatasetError(f"{where}: image_id {ann['image_id']!r} is not a pair of the GT file")
         score = _number(ann["score"], where, "score")

@@ -28,6 +28,7 @@ from pycocotools.cocoeval import COCOeval
 from adapt.evaluation.jsonfiles import require_keys
 from adapt.evaluation.pairs import PairId, PairPrediction, PairTruth
 from sam3_model.errors import DatasetError
+from sam3_model.formats import CategoryRules, FormatProblem, check_phrase, check_rle, choose_categories
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
@@ -60,6 +61,8 @@ def image_sizes(gt_json: Mapping[str, Any], source: str = "ground truth") -> dic
         h, w = img["height"], img["width"]
         if not (_is_int(h) and _is_int(w) and h > 0 and w > 0):
             raise DatasetError(f"{where}: height and width must be positive integers, got {h!r} x {w!r}")
+        if not _is_key(img["id"]):
+            raise DatasetError(f"{where}: id must be a number or a string, got {img['id']!r}")
         if img["id"] in sizes:
             raise DatasetError(f"{where}: duplicate image id {img['id']!r}")
         sizes[img["id"]] = (h, w)
@@ -86,15 +89,55 @@ def coco_pairs(
 
 
 def _category_names(gt_json: Mapping[str, Any], source: str) -> dict[Any, str]:
-    """Category id -> name, checking the required keys."""
-    names: dict[Any, str] = {}
-    for i, cat in enumerate(_list_field(gt_json, "categories", source)):
+    """Category id -> name, checking the required keys, the phrases and that names differ (as training does)."""
+    entries = _list_field(gt_json, "categories", source)
+    ids: set = set()
+    for i, cat in enumerate(entries):
         where = f"{source}: categories[{i}]"
         require_keys(cat, ("id", "name"), where)
-        if cat["id"] in names:
+        if not _is_key(cat["id"]):
+            raise DatasetError(f"{where}: id must be a number or a string, got {cat['id']!r}")
+        if cat["id"] in ids:
             raise DatasetError(f"{where}: duplicate category id {cat['id']!r}")
-        names[cat["id"]] = str(cat["name"])
-    return names
+        ids.add(cat["id"])
+        try:
+            check_phrase(cat["name"])
+        except FormatProblem as err:
+            raise DatasetError(f"{where}: name: {err}") from None
+    try:
+        return choose_categories(entries, (), CategoryRules(keep_placeholders=True)).kept
+    except FormatProblem as err:
+        raise DatasetError(f"{source}: {err}") from None
+
+
+def apply_category_rules(gt_json: Mapping[str, Any], rules: CategoryRules,
+                         source: str = "ground truth") -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+    """The ground truth without the categories `rules` leave out (and their annotations), and a note for each.
+
+    Training reads the same file with the same rules, so a Roboflow root category or labelme's `_background_`
+    is not a phrase in either.
+    """
+    entries = _list_field(gt_json, "categories", source)
+    _category_names(gt_json, source)  # structure first: ids, names
+    annotations = gt_json.get("annotations") if isinstance(gt_json.get("annotations"), list) else []
+    try:
+        choice = choose_categories(entries, annotations, rules)
+    except FormatProblem as err:
+        raise DatasetError(f"{source}: {err}") from None
+    if not choice.dropped:
+        return dict(gt_json), []
+    if not choice.kept:
+        raise DatasetError(f"{source}: no category is left once {', '.join(map(repr, choice.dropped))} are left out")
+    names = {c["id"]: c["name"] for c in entries}
+    kept = [c for c in entries if c["id"] in choice.kept]
+    dropped_anns = [a for a in annotations if isinstance(a, Mapping) and _is_key(a.get("category_id"))
+                    and a.get("category_id") in choice.dropped]
+    notes = choice.notes(source, names)
+    if dropped_anns:
+        notes.append(f"{source}: left out {len(dropped_anns)} annotations of those categories")
+    filtered = {**gt_json, "categories": kept,
+                "annotations": [a for a in annotations if not any(a is d for d in dropped_anns)]}
+    return filtered, notes
 
 
 def _annotations_by_key(
@@ -105,9 +148,9 @@ def _annotations_by_key(
     for i, ann in enumerate(_list_field(gt_json, "annotations", source)):
         where = f"{source}: annotations[{i}]"
         require_keys(ann, ("image_id", "category_id", "bbox"), where)
-        if ann["image_id"] not in sizes:
+        if not _is_key(ann["image_id"]) or ann["image_id"] not in sizes:
             raise DatasetError(f"{where}: image_id {ann['image_id']!r} is not in 'images'")
-        if ann["category_id"] not in names:
+        if not _is_key(ann["category_id"]) or ann["category_id"] not in names:
             raise DatasetError(f"{where}: category_id {ann['category_id']!r} is not in 'categories'")
         _check_bbox(ann["bbox"], where)
         h, w = sizes[ann["image_id"]]
@@ -121,14 +164,19 @@ def _gt_rle(seg: Any, h: int, w: int, where: str) -> dict | None:
     if seg is None or (isinstance(seg, list) and not seg):
         return None
     if isinstance(seg, dict):
-        _check_rle_size(seg, h, w, where)
-        if isinstance(seg["counts"], list):
-            return _str_counts(mask_utils.frPyObjects(seg, h, w))
-        return _str_counts(seg)
+        return _checked_rle(seg, h, w, where)
     polygons = isinstance(seg, list) and all(isinstance(p, list) and len(p) >= 4 and len(p) % 2 == 0 for p in seg)
     if polygons and all(_is_number(v) for p in seg for v in p):
         return _str_counts(mask_utils.merge(mask_utils.frPyObjects(seg, h, w)))
     raise DatasetError(f"{where}: segmentation must be polygons (lists of x, y) or an RLE {{size, counts}}")
+
+
+def _checked_rle(seg: Mapping[str, Any], h: int, w: int, where: str) -> dict:
+    """`sam3_model.formats.check_rle` with the file and entry in the message."""
+    try:
+        return check_rle(seg, h, w)
+    except FormatProblem as err:
+        raise DatasetError(f"{where}: {err}") from None
 
 
 def _pair_truth(pid: PairId, phrase: str, size: tuple[int, int], anns: list[dict], box_only: bool) -> PairTruth:
@@ -173,9 +221,9 @@ def _check_entry(
         raise DatasetError(f"{where}: score {score!r} is not a finite number")
     if not 0.0 <= score <= 1.0:
         raise DatasetError(f"{where}: score {score} is outside [0, 1]")
-    if entry["image_id"] not in sizes:
+    if not _is_key(entry["image_id"]) or entry["image_id"] not in sizes:
         raise DatasetError(f"{where}: image_id {entry['image_id']!r} is not in the ground truth")
-    if category_ids is not None and entry["category_id"] not in category_ids:
+    if category_ids is not None and (not _is_key(entry["category_id"]) or entry["category_id"] not in category_ids):
         raise DatasetError(f"{where}: category_id {entry['category_id']!r} is not a ground-truth category")
     if "bbox" in entry:
         _check_bbox(entry["bbox"], where)
@@ -184,6 +232,7 @@ def _check_entry(
         if not isinstance(seg, dict) or not isinstance(seg.get("counts"), str):
             raise DatasetError(f"{where}: segmentation must be a compressed RLE {{size, counts: str}}")
         _check_rle_size(seg, *sizes[entry["image_id"]], where, image_id=entry["image_id"])
+        _checked_rle(seg, *sizes[entry["image_id"]], where)
 
 
 def coco_predictions(
@@ -195,7 +244,7 @@ def coco_predictions(
     """
     groups: dict[PairId, list[Mapping[str, Any]]] = {pid: [] for pid in pair_map.values()}
     for entry in pred_json:
-        pid = pair_map.get((entry["image_id"], entry["category_id"]))
+        pid = pair_map.get((entry["image_id"], entry["category_id"])) if _is_key(entry["category_id"]) else None
         if pid is not None:
             groups[pid].append(entry)
     return {pid: _pair_prediction(pid, entries) for pid, entries in groups.items()}
@@ -329,6 +378,11 @@ def _str_counts(rle: Mapping[str, Any]) -> dict:
 def _is_number(value: Any) -> bool:
     """An int or float, not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_key(value: Any) -> bool:
+    """A JSON value that can be an id (a number or a string; a list or object cannot)."""
+    return isinstance(value, (int, float, str))
 
 
 def _is_int(value: Any) -> bool:

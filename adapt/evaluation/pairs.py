@@ -25,6 +25,7 @@ class PairTruth:
     boxes_xywh: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # (G, 4), units of the file
     masks: list[dict] = field(default_factory=list)  # G compressed RLEs, or [] for box-only ground truth
     iscrowd: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # (G,)
+    file_name: str = ""  # the image file the pair asks about (SA-Co `file_name`), for joining predictions
 
 
 @dataclass

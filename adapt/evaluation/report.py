@@ -96,7 +96,7 @@ def summary_section(metrics: Mapping[str, Any]) -> list[str]:
     if family:
         lines += ["| metric (x100) | IoU 0.50:0.95 | IoU 0.5 | IoU 0.75 |", "|---|---:|---:|---:|"]
         for name in family:
-            cells = [_ap_cell(metrics.get(key)) for key in (name, f"{name}@0.5", f"{name}@0.75")]
+            cells = [_family_cell(metrics.get(key)) for key in (name, f"{name}@0.5", f"{name}@0.75")]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += [
             "",
@@ -118,6 +118,11 @@ def summary_section(metrics: Mapping[str, Any]) -> list[str]:
 def _pct(value: Any) -> str:
     """A fraction as x100 with one decimal, or a dash."""
     return "–" if value is None or not _finite(value) else f"{100 * float(value):.1f}"
+
+
+def _family_cell(value: Any) -> str:
+    """A cgF1-family value as x100; n/a for the evaluator's -1 (undefined). cgF1 = pmF1 x IL_MCC may be negative."""
+    return "n/a" if _finite(value) and float(value) <= -1 else _pct(value)
 
 
 def _ap_cell(value: Any) -> str:
