@@ -359,7 +359,7 @@ def test_saco_pixel_box_is_a_problem_that_says_normalised(tmp_path):
 
 
 @pytest.mark.parametrize("change, message, kept", [
-    ({"text_input": "  "}, "text_input must be a non-empty phrase", ["b.jpg"]),
+    ({"text_input": "  "}, "text_input: a phrase must be a non-empty string", ["b.jpg"]),
     ({"file_name": "../a.png"}, "leads out of the image folder", ["a.png", "b.jpg"]),  # another file: a.png stays
     ({"text_input": "red car"}, "phrase 'red car' is asked of 'a.png' twice (also pair 1)", ["b.jpg"]),
     ({"width": 30}, "size 30x10 disagrees with 20x10", ["b.jpg"]),

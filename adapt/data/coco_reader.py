@@ -25,6 +25,7 @@ import numpy as np
 
 from adapt.evaluation.jsonfiles import gc_paused, read_json
 from sam3_model.errors import DatasetError
+from sam3_model.formats import CategoryChoice, CategoryRules, check_phrase, choose_categories
 from sam3_model.records import RLE
 
 from .annotations import (
@@ -57,15 +58,15 @@ class _Image:
 
 
 def read_coco(path: str | os.PathLike[str], image_root: str | os.PathLike[str] | None = None,
-              name: str | None = None) -> ReadResult:  # fmt: skip
+              name: str | None = None, rules: CategoryRules = CategoryRules()) -> ReadResult:  # noqa: B008
     """Read a COCO instance JSON file: one sample per image, one phrase per category (absent: negative)."""
     with gc_paused():
         data = read_json(path, "COCO annotation")
-        return read_coco_json(data, path, image_root, name)
+        return read_coco_json(data, path, image_root, name, rules)
 
 
 def read_coco_json(data: Any, path: str | os.PathLike[str], image_root: str | os.PathLike[str] | None = None,
-                   name: str | None = None) -> ReadResult:  # fmt: skip
+                   name: str | None = None, rules: CategoryRules = CategoryRules()) -> ReadResult:  # noqa: B008
     """`read_coco` on an already parsed file (`path` names it in messages and locates the default image root)."""
     source = str(path)
     if not isinstance(data, Mapping):
@@ -75,10 +76,11 @@ def read_coco_json(data: Any, path: str | os.PathLike[str], image_root: str | os
             got = "missing" if key not in data else f"a {type(data[key]).__name__}"
             raise DatasetError(f"{source}: '{key}' must be a list ({got}); is this a COCO instance file?")
     root = Path(image_root if image_root is not None else Path(path).parent).resolve()
-    categories = _categories(data["categories"], source)
+    choice = _categories(data["categories"], data["annotations"], source, rules)
+    categories = choice.kept
     problems: list[DatasetProblem] = []
     images = _images(data["images"], root, source, problems)
-    groups, box_only = _annotations(data["annotations"], images, categories, source, problems)
+    groups, box_only = _annotations(data["annotations"], images, categories, source, problems, choice.dropped)
     bad = {p.image_id for p in problems if p.image_id is not None}
     dataset = name if name is not None else Path(path).stem
     samples = []
@@ -94,30 +96,30 @@ def read_coco_json(data: Any, path: str | os.PathLike[str], image_root: str | os
                 masks=None if box_only else list(masks),
             ))  # fmt: skip
         samples.append(ImageSample(image.path, image.width, image.height, phrases, image_id, dataset))
-    return ReadResult(samples, problems)
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    return ReadResult(samples, problems, notes=choice.notes(source, names))
 
 
-def _categories(entries: list, source: str) -> dict[Any, str]:
-    """Category id -> name in id order; a bad category is a file-level `DatasetError`."""
-    names: dict[Any, str] = {}
-    seen: dict[str, Any] = {}
+def _categories(entries: list, annotations: list, source: str, rules: CategoryRules) -> CategoryChoice:
+    """The categories that are phrases (id -> name in id order) and those `rules` leave out; bad ones raise."""
+    ids: set = set()
     for i, cat in enumerate(entries):
         where = f"{source}: categories[{i}]"
         if not isinstance(cat, Mapping) or "id" not in cat or "name" not in cat:
             raise DatasetError(f"{where}: a category needs 'id' and 'name'")
-        cat_id, name = cat["id"], cat["name"]
-        if not is_id(cat_id):
-            raise DatasetError(f"{where}: id must be an integer or a string, got {cat_id!r}")
-        if cat_id in names:
-            raise DatasetError(f"{where}: duplicate category id {cat_id!r}")
-        if not isinstance(name, str) or not name.strip():
-            raise DatasetError(f"{where}: name must be a non-empty string (it is the phrase), got {name!r}")
-        if name.strip() in seen:
-            raise DatasetError(f"{where}: name {name!r} is also category {seen[name.strip()]!r}'s; each category "
-                               "is a phrase, so names must differ (merge the two categories)")  # fmt: skip
-        seen[name.strip()] = cat_id
-        names[cat_id] = name.strip()
-    return {cat_id: names[cat_id] for cat_id in sorted(names, key=id_sort_key)}
+        if not is_id(cat["id"]):
+            raise DatasetError(f"{where}: id must be an integer or a string, got {cat['id']!r}")
+        if cat["id"] in ids:
+            raise DatasetError(f"{where}: duplicate category id {cat['id']!r}")
+        ids.add(cat["id"])
+        try:
+            check_phrase(cat["name"])
+        except AnnotationProblem as err:
+            raise DatasetError(f"{where}: name (it is the phrase): {err}") from None
+    try:
+        return choose_categories(entries, annotations, rules, sort_key=id_sort_key)
+    except AnnotationProblem as err:
+        raise DatasetError(f"{source}: {err}") from None
 
 
 def _images(entries: list, root: Path, source: str, problems: list[DatasetProblem]) -> dict[Any, _Image]:
@@ -158,12 +160,19 @@ def _images(entries: list, root: Path, source: str, problems: list[DatasetProble
 
 
 def _annotations(entries: list, images: Mapping[Any, _Image], categories: Mapping[Any, str], source: str,
-                 problems: list[DatasetProblem]) -> tuple[dict, bool]:  # fmt: skip
-    """(image_id, category_id) -> (boxes, masks) of the non-crowd annotations, and whether the file is box-only."""
+                 problems: list[DatasetProblem], left_out: Mapping[Any, str]) -> tuple[dict, bool]:  # fmt: skip
+    """(image_id, category_id) -> (boxes, masks) of the non-crowd annotations, and whether the file is box-only.
+
+    Annotations of a left-out category (`left_out`: placeholder or excluded) are skipped, not problems.
+    """
+    skipped = [isinstance(a, Mapping) and is_id(a.get("category_id")) and a.get("category_id") in left_out
+               for a in entries]
     box_only = not any(isinstance(a, Mapping) and has_segmentation(a.get("segmentation")) and not a.get("iscrowd")
-                       for a in entries)  # fmt: skip
+                       for a, skip in zip(entries, skipped) if not skip)  # fmt: skip
     groups: dict = defaultdict(lambda: ([], []))
-    for i, ann in enumerate(entries):
+    for i, (ann, skip) in enumerate(zip(entries, skipped)):
+        if skip:
+            continue
         where = entry_label("annotations", i, ann)
         if not isinstance(ann, Mapping):
             problems.append(DatasetProblem(source, where, f"expected an object, got {type(ann).__name__}"))

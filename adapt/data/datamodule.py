@@ -26,6 +26,7 @@ from adapt.data.readers import read_dataset
 from adapt.data.records import ImageSample
 from adapt.data.transforms import AugmentConfig, EvalTransform, TrainTransform
 from sam3_model.errors import ConfigError
+from sam3_model.formats import CategoryRules
 from sam3_model.images import load_image
 from sam3_model.tokenizer import build_offline_tokenizer
 
@@ -46,6 +47,14 @@ class DatasetSpec:
     negatives_per_image: int = 3  # hard negatives sampled into each image's prompts (when the list is given)
     max_negatives: int | None = None  # training: keep at most this many annotated negative phrases per image draw
     phrases: list[str] | None = None  # keep only these phrases (e.g. a recipe's ontology); images left with none go
+    exclude_categories: list[str] = field(default_factory=list)  # COCO category names left out with their annotations
+    keep_placeholder_categories: bool = False  # keep Roboflow's root category and labelme's _background_ as phrases
+
+    def category_rules(self) -> CategoryRules:
+        """Which COCO categories are phrases: the same rules `sam3-adapt eval` applies to the same file."""
+        return CategoryRules(exclude=tuple(self.exclude_categories),
+                             keep_only=None if self.phrases is None else tuple(self.phrases),
+                             keep_placeholders=self.keep_placeholder_categories)
 
 
 def keep_phrases(samples: list[ImageSample], phrases: list[str]) -> list[ImageSample]:
@@ -123,7 +132,9 @@ class Sam3DataModule(L.LightningDataModule):
     def _read(self, spec: DatasetSpec) -> list[ImageSample]:
         """Read, check and cap one dataset; bad entries stop or are skipped (counted) per `on_error`."""
         result = read_dataset(spec.path, format=spec.format, image_root=spec.images, name=spec.name,
-                              check_image_files=self.check_image_files)
+                              check_image_files=self.check_image_files, rules=spec.category_rules())
+        for note in result.notes:
+            log.warning("%s", note)
         self.num_skipped += resolve_problems(result.problems, self.on_error, spec.path)
         samples = result.samples if spec.phrases is None else keep_phrases(result.samples, spec.phrases)
         samples = cap_samples(samples, spec.max_images)

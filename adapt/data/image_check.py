@@ -38,7 +38,7 @@ def check_images(result: ReadResult, file: str) -> ReadResult:
         for s, m in zip(samples, messages)
         if m is not None
     ]
-    return ReadResult(kept, list(result.problems) + problems)
+    return ReadResult(kept, list(result.problems) + problems, list(result.notes))
 
 
 def image_problem(sample: ImageSample) -> str | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from adapt.evaluation.coco import detect_format
 from adapt.evaluation.jsonfiles import gc_paused, read_json
 from sam3_model.errors import ConfigError
+from sam3_model.formats import CategoryRules
 
 from .coco_reader import read_coco_json
 from .image_check import check_images
@@ -18,14 +19,22 @@ FORMATS = ("auto", "coco", "saco")
 
 
 def read_dataset(path: str | os.PathLike[str], format: str = "auto", image_root: str | os.PathLike[str] | None = None,
-                 name: str | None = None, check_image_files: bool = True) -> ReadResult:  # fmt: skip
-    """Read a COCO or SA-Co file ("auto": SA-Co when images carry `text_input`), then check the images exist."""
+                 name: str | None = None, check_image_files: bool = True,
+                 rules: CategoryRules = CategoryRules()) -> ReadResult:  # noqa: B008 - frozen
+    """Read a COCO or SA-Co file ("auto": SA-Co when images carry `text_input`), then check the images exist.
+
+    `rules` decide which COCO categories are phrases (placeholders and excluded names left out, an allow-list);
+    an SA-Co file's phrases are its pairs' `text_input`.
+    """
     if format not in FORMATS:
         raise ConfigError(f"dataset format must be one of {', '.join(FORMATS)}, got {format!r}")
     with gc_paused():
         data = read_json(path, "dataset annotation")
         if format == "auto":
             format = detect_format(data, str(path))
-        reader = read_saco_json if format == "saco" else read_coco_json
-        result = reader(data, path, image_root, name if name is not None else Path(path).stem)
+        name = name if name is not None else Path(path).stem
+        if format == "saco":
+            result = read_saco_json(data, path, image_root, name)
+        else:
+            result = read_coco_json(data, path, image_root, name, rules)
     return check_images(result, str(path)) if check_image_files else result

@@ -60,3 +60,4 @@ class ReadResult:
 
     samples: list[ImageSample]
     problems: list[DatasetProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was left out on purpose (placeholder categories), to report

@@ -23,6 +23,7 @@ import numpy as np
 
 from adapt.evaluation.jsonfiles import gc_paused, read_json
 from sam3_model.errors import DatasetError
+from sam3_model.formats import check_phrase
 from sam3_model.records import RLE
 
 from .annotations import (
@@ -194,10 +195,11 @@ def _annotations(entries: list, pairs: Mapping[Any, _Pair], source: str, problem
 
 
 def _phrase(text: Any) -> str:
-    """A pair's `text_input`: a non-empty string (stripped), or `AnnotationProblem`."""
-    if not isinstance(text, str) or not text.strip():
-        raise AnnotationProblem(f"text_input must be a non-empty phrase, got {text!r}")
-    return text.strip()
+    """A pair's `text_input`: a non-empty string (stripped) that encodes as UTF-8, or `AnnotationProblem`."""
+    try:
+        return check_phrase(text)
+    except AnnotationProblem as err:
+        raise AnnotationProblem(f"text_input: {err}") from None
 
 
 def _exhaustive(img: Mapping[str, Any]) -> bool:
