@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from adapt.data.convert_cli import add_convert_parser
-from adapt.predict_cli import add_predict_parser
+from adapt.predict_cli import MODEL_HELP, _segmenter, add_category_arguments, add_predict_parser, category_rules
 from sam3_model.errors import Sam3AdaptError
 from sam3_model.loading import DEFAULT_HUB_ID
 from sam3_model.presets import PRESETS
@@ -74,11 +74,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """SA-Co metrics (cgF1, pmF1, IL_MCC) and, for COCO ground truth, COCO AP."""
+    """SA-Co metrics (cgF1, pmF1, IL_MCC) and, for COCO ground truth, COCO AP; --model predicts first."""
     from adapt.evaluation import evaluate, write_evaluation
 
-    evaluation = evaluate(args.gt, args.pred, iou_type=args.iou_type, format=args.format)
-    write_evaluation(evaluation, args.out, args.report, title=f"Evaluation of {Path(args.pred).name}")
+    if (args.pred is None) == (args.model is None):
+        raise Sam3AdaptError("give exactly one of --pred PREDS.JSON (predictions to score) and --model M "
+                             "(predict on the ground truth's images, then score)")
+    rules = category_rules(args)
+    pred_path, predictions = args.pred, None
+    if args.model is not None:
+        predictions, pred_path = _predict_for_eval(args, rules)
+    evaluation = evaluate(args.gt, pred_path, iou_type=args.iou_type, format=args.format, rules=rules,
+                          predictions=predictions)
+    write_evaluation(evaluation, args.out, args.report, title=f"Evaluation of {Path(pred_path).name}")
     m = evaluation.metrics
     line = (f"{evaluation.format} {evaluation.iou_type}: cgF1 {100 * m['cgF1']:.2f}  pmF1 {100 * m['pmF1']:.2f}  "
             f"IL_MCC {m['IL_MCC']:.3f}  ({int(m['num_pairs'])} pairs")
@@ -91,6 +99,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(note, file=sys.stderr)
     print(f"wrote {args.out}" + (f" and {args.report}" if args.report else ""))
     return 0
+
+
+def _predict_for_eval(args: argparse.Namespace, rules) -> tuple[list[dict], Path]:
+    """`eval --model`: predict on the first ground truth's images and phrases; write them beside metrics.json."""
+    from adapt.evaluation.on_truth import check_truth_images, predict_on_truth, truth_queries
+    from sam3_model.atomic import atomic_write_text
+
+    queries = truth_queries(args.gt[0], args.images, rules, args.format)
+    check_truth_images(queries)
+    segmenter = _segmenter(args, args.threshold, args.top_k, "evaluation")
+    predictions = predict_on_truth(segmenter, queries)
+    pred_path = args.pred_out or Path(args.out).with_name("predictions.json")
+    atomic_write_text(pred_path, json.dumps(predictions))
+    print(f"wrote {pred_path} ({len(predictions)} results on {len(queries.images)} images)")
+    return predictions, pred_path
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -161,10 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", type=Path, required=True)
     exp.set_defaults(func=cmd_export)
 
-    ev = verbs.add_parser("eval", help="cgF1, pmF1, IL_MCC (SA-Co) and COCO AP of predictions")
+    ev = verbs.add_parser("eval", help="cgF1, pmF1, IL_MCC (SA-Co) and COCO AP of predictions, or of a model")
     ev.add_argument("--gt", action="append", required=True, type=Path,
                     help="ground-truth JSON (SA-Co or COCO); repeat for the oracle over several SA-Co files")
-    ev.add_argument("--pred", required=True, type=Path, help="COCO-results JSON")
+    ev.add_argument("--pred", type=Path, help="COCO-results JSON to score (joined by file_name and phrase when "
+                                              "its entries carry them, else by id)")
+    ev.add_argument("--model", help=MODEL_HELP + "; predicts on the ground truth's images and phrases, then scores")
+    ev.add_argument("--images", type=Path, metavar="DIR",
+                    help="with --model: the folder the ground truth's file_names are relative to (default its folder)")
+    ev.add_argument("--threshold", type=float, default=0.05,
+                    help="with --model: keep instances with score > this (default 0.05, as fit's validation; cgF1 "
+                         "counts scores >= 0.5 only)")
+    ev.add_argument("--top-k", type=int, default=100, help="with --model: instances per image and phrase (100)")
+    ev.add_argument("--device", default=None, help="with --model: torch device (default cuda if available)")
+    ev.add_argument("--official-text-prompt", action="store_true", help=argparse.SUPPRESS)
+    ev.add_argument("--pred-out", type=Path, help="with --model: where to write the predictions "
+                                                  "(default predictions.json beside --out)")
+    add_category_arguments(ev)
     ev.add_argument("--iou-type", choices=("segm", "bbox"), default="segm")
     ev.add_argument("--format", choices=("saco", "coco"), default=None, help="override format detection")
     ev.add_argument("--out", type=Path, default=Path("metrics.json"))

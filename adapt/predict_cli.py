@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,12 +18,15 @@ from PIL import Image
 
 from sam3_model.atomic import atomic_write, atomic_write_text
 from sam3_model.errors import ConfigError, PromptError
+from sam3_model.formats import FormatProblem, check_phrase
 from sam3_model.images import read_image_size
 from sam3_model.loading import DEFAULT_HUB_ID
 from sam3_model.presets import PRESETS
 from sam3_model.records import ConceptPrompt
 
 Box = tuple[float, float, float, float]
+MODEL_HELP = (f"Hub id (default {DEFAULT_HUB_ID}), exported folder, peft adapter folder, training checkpoint (.ckpt), "
+              f"fit or recipe run folder, or a random-weight preset ({', '.join(PRESETS)})")
 _BOX_TOLERANCE_PX = 1e-3  # as sam3_model.prompting: a box may touch the image border up to rounding
 
 
@@ -48,6 +52,10 @@ def build_prompts(texts: Sequence[str], boxes: Sequence[tuple[Box, int]]) -> lis
     for text in texts:
         if not text.strip():
             raise PromptError(f"--prompt {text!r}: empty phrase; give a noun phrase such as 'red car'")
+        try:
+            check_phrase(text)
+        except FormatProblem as err:
+            raise PromptError(f"--prompt: {err}") from None
     seen = set()
     for text in texts:
         if text in seen:
@@ -114,14 +122,33 @@ def _device(name: str | None) -> str:
     return name
 
 
+def _segmenter(args: argparse.Namespace, threshold: float, top_k: int | None, purpose: str):
+    """A `ConceptSegmenter` on whatever --model names (checkpoint, run folder, export, preset, Hub id)."""
+    from adapt.model_source import load_for_inference
+    from sam3_model.predict import ConceptSegmenter
+
+    if top_k is not None and top_k < 0:  # checked before the (slow) model load
+        raise ConfigError(f"--top-k {top_k}: top_k must be >= 0")
+    loaded = load_for_inference(args.model, device=_device(args.device), purpose=purpose)
+    return ConceptSegmenter(loaded.model, loaded.processor, threshold=threshold, top_k=top_k,
+                            official_text_prompt=args.official_text_prompt, progress=False)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Find every instance of each prompt in each image; write COCO results JSON and optional overlays."""
+    if args.gt is not None:
+        if args.image or args.prompt or args.box:
+            raise ConfigError("--gt takes the images and phrases from the ground truth: drop --image, --prompt "
+                              "and --box (or drop --gt)")
+        return _predict_on_truth(args)
+    if not args.image:
+        raise ConfigError("nothing to predict on: give --image PATH (with --prompt or --box), or --gt FILE")
     from adapt.overlay import render_overlay
     from sam3_model.images import load_image
-    from sam3_model.predict import ConceptSegmenter, to_coco_results
+    from sam3_model.predict import to_coco_results
     from sam3_model.prompting import prompt_text
 
-    images: list[str] = list(args.image)  # as given: they are the results' file_name
+    images: list[str] = list(args.image)  # as given: they are the results' file_name and image_id
     boxes = [parse_box(b) for b in args.box]
     prompts = build_prompts(args.prompt, boxes)
     if boxes and len(images) != 1:
@@ -134,16 +161,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _image_size(path)
     if boxes:
         _check_boxes_inside(args.box, boxes, images[0])
-    device = _device(args.device)
 
-    segmenter = ConceptSegmenter.from_pretrained(args.model, device=device, threshold=args.threshold,
-                                                 top_k=args.top_k, official_text_prompt=args.official_text_prompt)
+    segmenter = _segmenter(args, args.threshold, args.top_k, "predict")
     category_ids = {prompt_text(p): k + 1 for k, p in enumerate(prompts)}
     phrases = {k: phrase for phrase, k in category_ids.items()}
     results = []
     entries: list[dict] = []
-    for k, path in enumerate(images):
-        per_image = segmenter([path], prompts, image_ids=[k])[0]
+    for path in images:
+        per_image = segmenter([path], prompts, image_ids=[str(path)])[0]
         results.append(per_image)
         for result in per_image:
             print(f"{path}\t{prompt_text(result.prompt)}\tinstances={len(result.instances)}\t"
@@ -158,18 +183,58 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_on_truth(args: argparse.Namespace) -> int:
+    """`predict --gt`: the ground truth's images and phrases, results in its ids and box units."""
+    from adapt.evaluation.on_truth import check_truth_images, predict_on_truth, truth_queries
+
+    queries = truth_queries(args.gt, args.images, category_rules(args))
+    check_truth_images(queries)  # before the (slow) model load
+    for note in queries.notes:
+        print(note, file=sys.stderr)
+    segmenter = _segmenter(args, args.threshold, args.top_k, "predict")
+    entries = predict_on_truth(segmenter, queries)
+    atomic_write_text(args.out, json.dumps(entries))
+    units = "pixels" if queries.format == "coco" else "normalised by the image size"
+    print(f"wrote {args.out} ({len(entries)} results on {len(queries.images)} images, {queries.num_queries} "
+          f"image-phrase queries; ids of {args.gt}, boxes {units})")
+    return 0
+
+
+def category_rules(args: argparse.Namespace):
+    """The COCO category rules of --exclude-category and --keep-placeholder-categories."""
+    from sam3_model.formats import CategoryRules
+
+    return CategoryRules(exclude=tuple(args.exclude_category), keep_placeholders=args.keep_placeholder_categories)
+
+
+def add_category_arguments(parser: argparse.ArgumentParser) -> None:
+    """--exclude-category and --keep-placeholder-categories (the rules fit applies to the same COCO file)."""
+    parser.add_argument("--exclude-category", action="append", default=[], metavar="NAME",
+                        help="COCO category to leave out with its annotations (repeatable)")
+    parser.add_argument("--keep-placeholder-categories", action="store_true",
+                        help="keep Roboflow's root category and labelme's _background_ as phrases (left out by "
+                             "default, as fit does)")
+
+
 def add_predict_parser(verbs: argparse._SubParsersAction) -> None:
     """Register the `predict` verb on the CLI's subparsers."""
-    model_help = f"preset ({', '.join(PRESETS)}), local directory, or Hub id (default {DEFAULT_HUB_ID})"
+    model_help = MODEL_HELP
     pred = verbs.add_parser(
         "predict", help="find every instance of each concept (phrase and/or exemplar boxes) in images",
-        description="Find every instance of each --prompt in each --image and write COCO results JSON: "
-                    "image_id is the image's index in the --image list, category_id is 1..K in --prompt order, "
-                    "and each result also carries 'phrase' and 'file_name'.",
+        description="Find every instance of each --prompt in each --image, or of a ground truth's phrases in its "
+                    "images (--gt), and write COCO results JSON. Every result carries 'file_name' and 'phrase'. "
+                    "With --image, image_id is the image path as given and category_id is 1..K in --prompt order; "
+                    "with --gt, both are the ground truth's ids and bbox is in its unit (COCO pixels, SA-Co "
+                    "normalised).",
     )
     pred.add_argument("--model", default=DEFAULT_HUB_ID, help=model_help)
-    pred.add_argument("--image", action="extend", nargs="+", required=True, metavar="PATH",
+    pred.add_argument("--image", action="extend", nargs="+", default=[], metavar="PATH",
                       help="image file; repeat (or list several) for more images")
+    pred.add_argument("--gt", type=Path, metavar="FILE",
+                      help="COCO or SA-Co ground truth: predict its phrases on its images, in its ids and box units")
+    pred.add_argument("--images", type=Path, metavar="DIR",
+                      help="with --gt: the folder its file_names are relative to (default: the file's folder)")
+    add_category_arguments(pred)
     pred.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                       help="noun phrase to find; repeat for several (category ids 1..K in this order)")
     pred.add_argument("--box", action="append", default=[], metavar="x,y,w,h[:neg]",

@@ -55,7 +55,7 @@ class _SacoBuilder:
         for inst, provenance in instances:
             x0, y0, x1, y1 = inst["box_xyxy_px"]
             self.annotations.append({
-                "id": len(self.annotations) + 1, "image_id": pair_id,
+                "id": len(self.annotations) + 1, "image_id": pair_id, "category_id": 1,
                 "bbox": [x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],  # xywh normalised (SA-Co)
                 "segmentation": inst["mask"], "area": mask_area(inst["mask"]) / (w * h), "iscrowd": 0,
                 "score": inst["score"], "provenance": provenance,

@@ -55,7 +55,7 @@ def test_predict_writes_self_describing_coco_results(image_path, tmp_path, capsy
     for entry in entries:
         assert set(entry) == {"image_id", "category_id", "score", "bbox", "segmentation", "area", "phrase",
                               "file_name"}
-        assert entry["image_id"] == 0 and entry["file_name"] == str(image_path)
+        assert entry["image_id"] == entry["file_name"] == str(image_path)  # its own id: the path as given
         x, y, w, h = entry["bbox"]
         assert 0 <= x and x + w <= 90.01 and 0 <= y and y + h <= 60.01  # pixels of the 90x60 image
         assert entry["segmentation"]["size"] == [60, 90]
@@ -122,7 +122,8 @@ def test_predict_several_images(image_path, tmp_path, capsys):
                  "--out", str(out), "--overlay", str(overlay)]) == 0
     entries = json.loads(out.read_text())
     assert [(e["image_id"], e["file_name"], e["category_id"], e["phrase"]) for e in entries] == [
-        (0, str(image_path), 1, "a"), (0, str(image_path), 2, "b"), (1, str(second), 1, "a"), (1, str(second), 2, "b")]
+        (str(image_path), str(image_path), 1, "a"), (str(image_path), str(image_path), 2, "b"),
+        (str(second), str(second), 1, "a"), (str(second), str(second), 2, "b")]
     assert entries[2]["segmentation"]["size"] == [40, 50]
     assert not overlay.exists()
     assert Image.open(tmp_path / "over_0.png").size == (90, 60) and Image.open(tmp_path / "over_1.png").size == (50, 40)
