@@ -162,6 +162,24 @@ def test_print_config_and_overrides(data, tmp_path, capsys):
     assert printed["trainer"]["gradient_clip_val"] == 0.1
 
 
+def test_two_validation_and_two_test_sets_are_logged_by_name_and_pooled(data, tmp_path):
+    train, val = data
+    sets = [{"path": str(val)}, {"path": str(train), "name": "general"}]  # stems: "annotations" and a name
+    config = _config(tmp_path, train, val, **{"data.val": sets})
+    assert main(["fit", "--config", str(config), "--trainer.max_steps=2", "--trainer.val_check_interval=2"]) == 0
+    row = [r for r in _metrics(tmp_path / "run") if r.get("val/cgF1")][-1]
+    for name in ("annotations", "general"):
+        for key in ("loss", "cgF1", "pmF1", "IL_MCC", "AP_mask"):
+            assert row.get(f"val/{name}/{key}"), (name, key)
+    # the pooled loss is the image-weighted mean of the two sets' losses (4 and 6 images)
+    pooled = (4 * float(row["val/annotations/loss"]) + 6 * float(row["val/general/loss"])) / 10
+    assert float(row["val/loss"]) == pytest.approx(pooled, rel=1e-5)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert main(["test", "--config", str(config), "--data.test", json.dumps(sets), "--ckpt_path", str(ckpt)]) == 0
+    rows = [r for path in (tmp_path / "run").glob("version_*/metrics.csv") for r in csv.DictReader(path.open())]
+    assert any(r.get("test/general/cgF1") and r.get("test/annotations/cgF1") and r.get("test/cgF1") for r in rows)
+
+
 def _bad_dataset(root: Path) -> Path:
     path = make_coco_dataset(root, 5, seed=3)
     data = json.loads(path.read_text())

@@ -214,6 +214,18 @@ class Sam3DataModule(L.LightningDataModule):
         """Original annotations of the samples being evaluated, per dataloader."""
         return self._samples.get(self._eval_split(), [])
 
+    def eval_set_names(self) -> list[str]:
+        """The name each evaluation set is logged under (`val/<name>/cgF1`): `name:` or the file's stem, made unique."""
+        specs = self.test_specs if self._eval_split() == "test" else self.val_specs
+        names: list[str] = []
+        for spec in specs:
+            base = spec.name or Path(spec.path).stem
+            name, k = base, 2
+            while name in names:
+                name, k = f"{base}-{k}", k + 1
+            names.append(name)
+        return names
+
     def val_image(self, dataloader_idx: int, index: int) -> Image.Image:
         """The original image of one evaluated sample (for the validation panel)."""
         sample = self.val_samples()[dataloader_idx][index]

@@ -108,6 +108,7 @@ class Sam3FineTuner(L.LightningModule):
         self.validation_panel: list = []
         self.flops_per_batch: int | None = None  # read by ThroughputMonitor; not counted (varies with phrases)
         self._val_predictions: list[QueryPrediction] = []
+        self._val_loss: dict[int, list[Tensor]] = defaultdict(list)
 
     @classmethod
     def from_checkpoint_hparams(cls, hparams: dict[str, Any]) -> "Sam3FineTuner":
@@ -201,6 +202,7 @@ class Sam3FineTuner(L.LightningModule):
     # ----- validation ---------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._val_predictions, self.validation_panel = [], []
+        self._val_loss: dict[int, list[Tensor]] = defaultdict(list)  # per dataloader: (loss x images, images)
 
     def validation_step(self, batch: PhraseBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Loss, and predictions of every query mapped back to the original image (one detector pass per chunk)."""
@@ -216,8 +218,9 @@ class Sam3FineTuner(L.LightningModule):
             self._val_predictions += query_predictions(
                 final.logits, final.presence_logits, final.boxes_xyxy, final.masks, index, batch.phrases[start:stop],
                 batch.meta, dataloader_idx, self.image_size, v.min_score, v.max_detections)
-        prefix = "test" if self.trainer.testing else "val"
-        self.log(f"{prefix}/loss", loss, batch_size=batch.num_images, sync_dist=True, add_dataloader_idx=False)
+        # Logged at epoch end, per dataset and pooled: Lightning refuses one key from several dataloaders.
+        self._val_loss[dataloader_idx].append(torch.stack([loss.detach().float() * batch.num_images,
+                                                           loss.new_tensor(float(batch.num_images))]))
         self._add_to_panel(batch, dataloader_idx)
 
     def _add_to_panel(self, batch: PhraseBatch, dataloader_idx: int) -> None:
@@ -248,15 +251,42 @@ class Sam3FineTuner(L.LightningModule):
         self._log_metrics("test")
 
     def _log_metrics(self, prefix: str) -> None:
+        """Loss and metrics pooled over every evaluation set (`val/cgF1`: the checkpoint monitor) and, when there
+        are several sets, per set under its name (`val/<name>/cgF1`)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        names = datamodule.eval_set_names() if datamodule is not None and hasattr(datamodule, "eval_set_names") \
+            else [str(k) for k in sorted(self._val_loss)]
+        by_set = self._losses_by_set(len(names))
+        values: dict[str, float] = {}
+        if by_set[:, 1].sum() > 0:
+            values[f"{prefix}/loss"] = float(by_set[:, 0].sum() / by_set[:, 1].sum())
         predictions = gather_predictions(self._val_predictions)
         self._val_predictions = []
-        datamodule = getattr(self.trainer, "datamodule", None)
         samples = datamodule.val_samples() if datamodule is not None and hasattr(datamodule, "val_samples") else None
-        if not predictions or samples is None:
-            return
-        result = compute_metrics(predictions, samples, self.validation_config.score_threshold)
-        # every rank computed the same values from the gathered predictions: the mean over ranks is that value
-        self.log_dict({f"{prefix}/{k}": float(v) for k, v in result.metrics.items()}, sync_dist=True)
+        if predictions and samples is not None:
+            threshold = self.validation_config.score_threshold
+            values.update({f"{prefix}/{k}": float(v) for k, v in compute_metrics(predictions, samples, threshold)
+                           .metrics.items()})
+            if len(names) > 1:
+                for idx, name in enumerate(names):
+                    subset = [q for q in predictions if q.key[0] == idx]
+                    if subset:
+                        metrics = compute_metrics(subset, samples, threshold).metrics
+                        values.update({f"{prefix}/{name}/{k}": float(v) for k, v in metrics.items()})
+        if len(names) > 1:
+            for idx, name in enumerate(names):
+                if by_set[idx, 1] > 0:
+                    values[f"{prefix}/{name}/loss"] = float(by_set[idx, 0] / by_set[idx, 1])
+        # every rank computed the same values from the gathered predictions and summed losses: the mean is that value
+        self.log_dict(values, sync_dist=True)
+
+    def _losses_by_set(self, num_sets: int) -> Tensor:
+        """(S, 2): summed loss x images and images per evaluation set, summed over ranks."""
+        out = torch.zeros(max(num_sets, 1 + max(self._val_loss, default=-1)), 2, device=self.device)
+        for idx, rows in self._val_loss.items():
+            out[idx] = torch.stack(rows).sum(0).to(out.device)
+        self._val_loss = defaultdict(list)
+        return self.trainer.strategy.reduce(out, reduce_op="sum").cpu() if self.trainer.world_size > 1 else out.cpu()
 
     # ----- optimisation -------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
