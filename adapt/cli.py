@@ -20,6 +20,7 @@ from recipes.cli import add_recipe_parser
 from synth.cli import add_synth_parser
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM: the work is unfinished, so `fit && export` does not export
 
 
 def cmd_overfit(args: argparse.Namespace) -> int:
@@ -219,13 +220,16 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 
 def _run_lightning(argv: list[str]) -> int:
     """`fit`, `validate` and `test` go to LightningCLI (its own parser: --config, --print_config, overrides)."""
-    from adapt.training.cli import run_lightning_cli
+    from adapt.training.cli import TrainingInterrupted, run_lightning_cli
 
     try:
         run_lightning_cli(argv)
     except Sam3AdaptError as err:
         print(f"sam3-adapt: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except TrainingInterrupted as err:
+        print(f"sam3-adapt: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

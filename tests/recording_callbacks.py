@@ -34,3 +34,16 @@ class RecordTrainingBatches(L.Callback):
         with open(os.path.join(self.out_dir, "batches.jsonl"), "a") as handle:
             handle.write(json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch,
                                      "images": [m.index for m in batch.meta]}) + "\n")
+
+
+class SignalAtStep(L.Callback):
+    """Send this process `signal` (by name: SIGKILL, SIGTERM) when a training step starts at `step` (kill tests)."""
+
+    def __init__(self, step: int, signal: str = "SIGKILL") -> None:
+        self.step, self.signal = step, signal
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import signal
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal))

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from PIL import Image
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import DataLoader
 
 from adapt.data.batch import PhraseCollator
 from adapt.data.dataset import PhraseDataset
-from adapt.data.mixing import MixtureSampler, cap_samples
+from adapt.data.mixing import MixtureSampler, SeededConcatDataset, cap_samples
 from adapt.data.problems import resolve_problems
 from adapt.data.readers import read_dataset
 from adapt.data.records import ImageSample
@@ -70,12 +71,15 @@ class ResumableDataLoader(DataLoader):
     Lightning saves `state_dict()` in every checkpoint and calls `load_state_dict()` on resume; `progress` reports
     how many batches of the current epoch the trainer has completed. The skip goes through `MixtureSampler` when
     it is the sampler (nothing is loaded); behind a distributed sampler wrapper the skipped batches are drawn and
-    discarded, which is exact but loads them.
+    discarded, which is exact but loads them. `epoch` reports the trainer's epoch: each pass sets it on the
+    sampler first, because with worker processes a resumed run starts its first pass (and the workers prefetch)
+    before Lightning sets the epoch, which would replay epoch 0's draws.
     """
 
-    def __init__(self, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, progress: Callable[[], int] | None = None,
+                 epoch: Callable[[], int] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._progress = progress
+        self._progress, self._epoch = progress, epoch
         self._to_skip = 0
 
     def state_dict(self) -> dict[str, int]:
@@ -85,6 +89,10 @@ class ResumableDataLoader(DataLoader):
         self._to_skip = int(state.get("batches_done", 0))
 
     def __iter__(self) -> Iterator[Any]:
+        if self._epoch is not None:
+            for sampler in (self.sampler, getattr(self.batch_sampler, "sampler", None)):
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(int(self._epoch()))
         skip, self._to_skip = self._to_skip, 0
         if skip and isinstance(self.sampler, MixtureSampler) and self.batch_size:
             self.sampler.skip_next(skip * self.batch_size)
@@ -178,11 +186,18 @@ class Sam3DataModule(L.LightningDataModule):
 
     # ----- loaders ------------------------------------------------------------------------------------------
     def _loader(self, dataset, sampler=None, resumable: bool = False) -> DataLoader:
+        # An own generator: creating an iterator (each validation, a resume) must not draw from the global torch
+        # RNG, whose state the checkpoint restores for dropout (see RandomStateCheckpoint).
         kwargs = dict(batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                      collate_fn=PhraseCollator(self._tokenizer()), persistent_workers=self.num_workers > 0)
+                      collate_fn=PhraseCollator(self._tokenizer()), persistent_workers=self.num_workers > 0,
+                      generator=torch.Generator().manual_seed(self.seed))
         if resumable:
-            return ResumableDataLoader(dataset, progress=self._batches_done_this_epoch, **kwargs)
+            return ResumableDataLoader(dataset, progress=self._batches_done_this_epoch, epoch=self._epoch, **kwargs)
         return DataLoader(dataset, **kwargs)
+
+    def _epoch(self) -> int:
+        """The epoch the trainer is in (what Lightning passes to `set_epoch`)."""
+        return int(self.trainer.fit_loop.epoch_progress.current.processed) if self.trainer is not None else 0
 
     def _batches_done_this_epoch(self) -> int:
         """Training batches the trainer has completed in the current epoch (what a resumed run must skip)."""
@@ -194,8 +209,8 @@ class Sam3DataModule(L.LightningDataModule):
         """Weighted mixture of the training datasets."""
         datasets = self._datasets["train"]
         sampler = MixtureSampler([len(d) for d in datasets], [s.weight for s in self.train_specs],
-                                 num_samples=self.samples_per_epoch, seed=self.seed)
-        return self._loader(ConcatDataset(datasets), sampler=sampler, resumable=True)
+                                 num_samples=self.samples_per_epoch, seed=self.seed, with_seeds=True)
+        return self._loader(SeededConcatDataset(datasets), sampler=sampler, resumable=True)
 
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per validation dataset (the metrics pool them)."""

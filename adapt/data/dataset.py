@@ -10,13 +10,15 @@ only removes instances, so no decoding of thousands of masks for a phrase that i
 the transform empties are dropped from their phrase, which stays, possibly as a negative.
 
 Every sample must have at least one phrase, or `negatives_per_image` > 0: an item with no phrase has nothing
-to train. Hard negatives are drawn from numpy's global RNG, like `TrainTransform(seed=None)`, so they follow
-`seed_everything(workers=True)` and differ between DataLoader workers.
+to train. A training draw's randomness (augmentation, hard negatives, negative subsampling) comes from the seed
+the training sampler gives with its index (`MixtureSampler(with_seeds=True)`), so an item does not depend on the
+worker that makes it or on a resume; indexed by a plain int (validation, tests) the global numpy RNG is used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 from itertools import pairwise
 
 import numpy as np
@@ -32,7 +34,8 @@ from .batch import PhraseItem, SampleMeta
 from .records import ImageSample, PhraseInstances
 from .transforms import Masks, TransformResult
 
-Transform = Callable[[np.ndarray, np.ndarray, "Masks | None"], TransformResult]  # TrainTransform, EvalTransform
+Transform = Callable[..., TransformResult]  # TrainTransform, EvalTransform: (image, boxes, masks, seed=None)
+Random = Any  # numpy's global `np.random` module or a `np.random.Generator`: both have choice() and integers()
 
 
 def _phrase_key(phrase: str) -> str:
@@ -98,23 +101,23 @@ class PhraseDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _hard_negatives(self, asked: set[str]) -> list[str]:
+    def _hard_negatives(self, asked: set[str], rng: Random) -> list[str]:
         """Up to `negatives_per_image` vocabulary phrases not in `asked` (lower-case keys), without repeats."""
         k = self.negatives_per_image
         if not k:
             return []
         # At most len(asked) of the drawn candidates are excluded, so k + len(asked) draws suffice.
         n = min(len(self._vocab), k + len(asked))
-        picks = np.random.choice(len(self._vocab), size=n, replace=False)
+        picks = rng.choice(len(self._vocab), size=n, replace=False)
         return [self._vocab[j] for j in picks if self._vocab_keys[j] not in asked][:k]
 
-    def _subsample_negatives(self, phrases: list[PhraseInstances]) -> list[PhraseInstances]:
+    def _subsample_negatives(self, phrases: list[PhraseInstances], rng: Random) -> list[PhraseInstances]:
         """At most `max_negatives` of the annotated negative phrases (random each draw); positives all stay."""
         negatives = [i for i, p in enumerate(phrases) if not p.num_instances]
         if self.max_negatives is None or len(negatives) <= self.max_negatives:
             return phrases
         k = self.max_negatives or int(len(negatives) == len(phrases))  # an image keeps at least one phrase
-        keep = set(np.random.choice(negatives, size=k, replace=False).tolist())
+        keep = set(rng.choice(negatives, size=k, replace=False).tolist())
         return [p for i, p in enumerate(phrases) if p.num_instances or i in keep]
 
     def _masks(self, sample: ImageSample, phrases: list[PhraseInstances], size_hw: tuple[int, int]) -> np.ndarray:
@@ -127,21 +130,29 @@ class PhraseDataset(Dataset):
             decode_mask_c_order(rle, out)
         return masks
 
-    def __getitem__(self, index: int) -> PhraseItem:
-        """The transformed image `index` with its phrases, instances and hard negatives."""
+    def __getitem__(self, key: int | tuple[int, int]) -> PhraseItem:
+        """The transformed image `key` with its phrases, instances and hard negatives.
+
+        `key` is an index, or `(index, seed)` from a seeded training sampler: then every random choice of the
+        item (augmentation, hard negatives, negative subsampling) comes from `seed`, not from a global RNG.
+        """
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        rng: Random = np.random if seed is None else np.random.default_rng(seed)
         sample = self.samples[index]
         image = np.asarray(load_image(sample.image_path, where=str(sample.image_path)))  # (H, W, 3) uint8
         size_hw = image.shape[:2]
         if size_hw != (sample.height, sample.width):
             raise ImageError(f"{sample.image_path}: the image is {size_hw[1]}x{size_hw[0]}, its annotation says "
                              f"{sample.width}x{sample.height}")
-        phrases = self._subsample_negatives([p for p in sample.phrases if p.num_instances <= self.max_instances_per_phrase])
+        phrases = self._subsample_negatives([p for p in sample.phrases if p.num_instances <= self.max_instances_per_phrase],
+                                            rng)
         counts = [p.num_instances for p in phrases]
         boxes_xywh = np.concatenate([np.asarray(p.boxes_xywh_px, np.float32).reshape(-1, 4) for p in phrases]
                                     or [np.zeros((0, 4), np.float32)])  # (T, 4) xywh px
         boxes_xyxy = np.concatenate([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], axis=1)  # (T, 4)
         masks = self._masks(sample, phrases, size_hw) if self.has_masks else None  # (T, H, W) uint8
-        result = self.transform(image, boxes_xyxy, masks)
+        result = self.transform(image, boxes_xyxy, masks,
+                                seed=None if seed is None else int(rng.integers(0, 2**31 - 1)))
 
         canvas = float(result.pixel_values.shape[-1])
         boxes_xyxy_norm = torch.from_numpy(result.boxes_xyxy_px) / canvas  # (T', 4) xyxy normalised
@@ -155,7 +166,7 @@ class PhraseDataset(Dataset):
         texts = [p.phrase for p in phrases]
         exhaustive = [p.exhaustive for p in phrases]
 
-        negatives = self._hard_negatives({_phrase_key(p.phrase) for p in sample.phrases})
+        negatives = self._hard_negatives({_phrase_key(p.phrase) for p in sample.phrases}, rng)
         if negatives:
             side = result.pixel_values.shape[-1]
             texts += negatives

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import ConcatDataset, Sampler
 
 from sam3_model.errors import ConfigError
 
@@ -35,11 +36,13 @@ class MixtureSampler(Sampler[int]):
 
     Within a dataset, draws walk a random permutation, reshuffled each time it is used up, so a small dataset
     is cycled and a large one is sampled without repeats. The draw depends only on (seed, epoch): call
-    `set_epoch` every epoch (Lightning does) for a new one.
+    `set_epoch` every epoch (Lightning does) for a new one. With `with_seeds`, each draw is `(index, seed)`:
+    the seed of that draw's randomness (augmentation, hard negatives), a function of (seed, epoch, position)
+    alone, so an item is the same whichever worker makes it and whether or not the run was resumed.
     """
 
     def __init__(self, sizes: Sequence[int], weights: Sequence[float], num_samples: int | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, with_seeds: bool = False) -> None:
         sizes = [int(s) for s in sizes]
         weights = [float(w) for w in weights]
         if not sizes:
@@ -59,6 +62,7 @@ class MixtureSampler(Sampler[int]):
         self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)  # (D,) ConcatDataset starts
         self.num_samples = num_samples
         self.seed = seed
+        self.with_seeds = with_seeds
         self.epoch = 0
         self._skip = 0
 
@@ -73,7 +77,7 @@ class MixtureSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         choice = rng.choice(len(self.sizes), size=self.num_samples, p=self.probabilities)  # (N,) dataset per draw
         indices = np.empty(self.num_samples, dtype=np.int64)  # (N,) ConcatDataset indices
@@ -83,4 +87,19 @@ class MixtureSampler(Sampler[int]):
             walk = np.concatenate([rng.permutation(size) for _ in range(cycles)] or [np.zeros(0, np.int64)])
             indices[where] = self.offsets[d] + walk[: len(where)]
         skip, self._skip = self._skip, 0
-        return iter(indices[skip:].tolist())
+        if not self.with_seeds:
+            return iter(indices[skip:].tolist())
+        seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(0, 2**63 - 1, self.num_samples)  # (N,)
+        return zip(indices[skip:].tolist(), seeds[skip:].tolist())
+
+
+class SeededConcatDataset(ConcatDataset):
+    """A ConcatDataset indexed by `MixtureSampler(with_seeds=True)` draws: `(index, seed)` reaches the dataset."""
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        if not isinstance(key, tuple):
+            return super().__getitem__(key)
+        index, seed = key
+        d = bisect.bisect_right(self.cumulative_sizes, index)
+        local = index - (self.cumulative_sizes[d - 1] if d else 0)
+        return self.datasets[d][(local, seed)]

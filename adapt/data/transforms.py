@@ -202,15 +202,19 @@ class TrainTransform:
             self._stream, self._stream_owner = np.random.default_rng(entropy), owner
         return int(self._stream.integers(0, 2**31 - 1))
 
-    def __call__(self, image: np.ndarray, boxes_xyxy_px: np.ndarray, masks: Masks | None = None) -> TransformResult:
-        """Transform an (H, W, 3) uint8 image, its (T, 4) xyxy px boxes and T (H, W) binary masks (or None)."""
-        seed = self._call_seed()
+    def __call__(self, image: np.ndarray, boxes_xyxy_px: np.ndarray, masks: Masks | None = None,
+                 seed: int | None = None) -> TransformResult:
+        """Transform an (H, W, 3) uint8 image, its (T, 4) xyxy px boxes and T (H, W) binary masks (or None).
+
+        `seed`: this call's randomness (a training draw's); None takes it from the global RNG or the own stream.
+        """
+        seed = self._call_seed() if seed is None else seed
         self._compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
         return _run(self._compose, image, boxes_xyxy_px, masks, self.image_size)
 
 
 class EvalTransform:
-    """The official val transform and HF's processor: a plain S x S resize, no padding; deterministic."""
+    """The official val transform and HF's processor: a plain S x S resize, no padding; deterministic (`seed` unused)."""
 
     def __init__(self, image_size: int) -> None:
         if not isinstance(image_size, int) or image_size < 8:
@@ -219,6 +223,7 @@ class EvalTransform:
         self._compose = A.Compose([A.Resize(image_size, image_size), _normalize()], bbox_params=_bbox_params(),
                                   seed=0)
 
-    def __call__(self, image: np.ndarray, boxes_xyxy_px: np.ndarray, masks: Masks | None = None) -> TransformResult:
+    def __call__(self, image: np.ndarray, boxes_xyxy_px: np.ndarray, masks: Masks | None = None,
+                 seed: int | None = None) -> TransformResult:
         """Transform an (H, W, 3) uint8 image, its (T, 4) xyxy px boxes and T (H, W) binary masks (or None)."""
         return _run(self._compose, image, boxes_xyxy_px, masks, self.image_size)

@@ -17,11 +17,19 @@ from sam3_model.model_card import ModelCardInfo
 EXPORT_KINDS = ("merged", "adapter", "video")
 
 
+TMP_PATTERN = ".*.ckpt.tmp-*"  # what an interrupted save leaves behind
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch checkpoint IO, written to a temp file in the same folder and renamed into place.
+    """Lightning's torch checkpoint IO: written to a temp file in the same folder and renamed into place; read
+    with `weights_only=True` (nothing in a checkpoint executes), a bad file named in one line.
 
     A crash or a full disk during a save leaves the previous `last.ckpt` intact instead of a truncated one.
     """
+
+    def load_checkpoint(self, path: str | os.PathLike[str], map_location: Any = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:  # noqa: ARG002 - always True
+        return read_checkpoint(path)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str],
                         storage_options: Any | None = None) -> None:
@@ -43,10 +51,38 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - one actionable line
-        raise ModelLoadError(f"{path}: not a readable Lightning checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ModelLoadError(f"{path}: not a sam3-adapt training checkpoint (no state_dict / hyper_parameters)")
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            reason = "it holds Python objects, which are never loaded (only tensors and plain values are)"
+        raise ModelLoadError(f"{path}: not a readable Lightning checkpoint ({reason[:200]})") from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not isinstance(hparams, dict) \
+            or not {"model", "trainable"} <= set(hparams):
+        raise ModelLoadError(f"{path}: not a sam3-adapt training checkpoint (no Sam3FineTuner state_dict and "
+                             "hyper-parameters)")
     return ckpt
+
+
+def remove_leftover_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temp files interrupted saves left in a checkpoint folder (their writer is gone); returns them."""
+    removed = []
+    for path in Path(folder).glob(TMP_PATTERN):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue  # another run is writing it right now
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_fine_tuner(path: str | os.PathLike[str]):

@@ -16,8 +16,13 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+
 from adapt.data.datamodule import Sam3DataModule
+from adapt.training.checkpoints import remove_leftover_temporaries
 from adapt.training.module import Sam3FineTuner
+from sam3_model.errors import ConfigError
+from sam3_model.notices import notice
 
 SUBCOMMANDS = ("fit", "validate", "test")
 
@@ -45,9 +50,10 @@ class Sam3CLI(LightningCLI):
         # validation (or epoch end) and when training stops on an exception. Lightning's own save_last only
         # refreshes last.ckpt when a top-k checkpoint is saved, i.e. not after a step that did not improve.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({
+        parser.set_defaults({  # no -v1, -v2... copies: a rerun reaching the same step overwrites its checkpoint
             "checkpoint.monitor": "val/cgF1", "checkpoint.mode": "max", "checkpoint.save_top_k": 1,
             "checkpoint.filename": "best-step{step}", "checkpoint.auto_insert_metric_name": False,
+            "checkpoint.enable_version_counter": False,
         })
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults({
@@ -56,6 +62,15 @@ class Sam3CLI(LightningCLI):
         })
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.link_arguments("trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=checkpoint_dir)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning merges a checkpoint's hyper-parameters into the config; here they never replace it (a crafted
+        checkpoint could swap the base model). `Sam3FineTuner.on_load_checkpoint` refuses one that does not fit."""
+
+    def before_fit(self) -> None:
+        """Remove the temp files of saves a killed run left in the checkpoint folder."""
+        for path in remove_leftover_temporaries(checkpoint_dir(self.trainer.default_root_dir)):
+            notice(f"removed {path}, the temp file of a checkpoint save that was interrupted")
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -92,13 +107,36 @@ def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGTERM (e.g. a SLURM preemption) before it finished; `last.ckpt` holds where it was."""
+
+
 def run_lightning_cli(args: list[str]) -> None:
-    """Run one `fit`, `validate` or `test` subcommand with `args` (the command line after `sam3-adapt`)."""
+    """Run one `fit`, `validate` or `test` subcommand with `args` (the command line after `sam3-adapt`).
+
+    Lightning's and torch's errors about the user's input become one-line `Sam3AdaptError`s; a SIGTERM that
+    stops training raises `TrainingInterrupted` (Lightning would exit with 0, as if the run had finished).
+    """
     import sys
 
     # When the command line is the process's own, let LightningCLI read sys.argv: DDP's launcher re-runs it.
-    Sam3CLI(
-        Sam3FineTuner, Sam3DataModule, args=None if args == sys.argv[1:] else args, seed_everything_default=0,
-        trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "sam3-adapt"},
-    )
+    cli = None
+    try:
+        cli = Sam3CLI(
+            Sam3FineTuner, Sam3DataModule, args=None if args == sys.argv[1:] else args, seed_everything_default=0,
+            trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "sam3-adapt"}, run=True,
+        )
+    except SIGTERMException:
+        raise TrainingInterrupted("stopped by SIGTERM before training finished; the last checkpoint holds the "
+                                  "progress: rerun with --ckpt_path last to resume") from None
+    except MisconfigurationException as err:
+        raise ConfigError(_first_line(err)) from None
+    if cli is not None and getattr(cli.trainer, "received_sigterm", False):
+        raise TrainingInterrupted(f"stopped by SIGTERM at step {cli.trainer.global_step}; rerun with --ckpt_path last "
+                                  "to resume")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

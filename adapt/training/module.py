@@ -22,6 +22,7 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 from adapt.data.batch import PhraseBatch
 from adapt.training.callbacks import DataWaitMonitor, GpuMemoryMonitor, ValidationPanel, images_per_sec_monitor
 from adapt.training.optim import OptimizerConfig, build_optimizer
+from adapt.training.random_state import RandomStateCheckpoint
 from adapt.training.schedules import ScheduleConfig, build_scheduler
 from adapt.training.validation import QueryPrediction, compute_metrics, gather_predictions, panel_results, \
     query_predictions
@@ -64,6 +65,16 @@ def _index_vision(vision: Sam3VisionEncoderOutput, index: Tensor) -> Sam3VisionE
         fpn_hidden_states=pick(vision.fpn_hidden_states),
         fpn_position_encoding=pick(vision.fpn_position_encoding),
     )
+
+
+def _identity(hparams: Any) -> dict[str, Any]:
+    """The hyper-parameters that decide what a checkpoint's weights are: base model, mode, LoRA shape, input size."""
+    trainable = dict(hparams.get("trainable") or {})
+    lora = dict(trainable.get("lora") or {})
+    return {"model": hparams.get("model"), "trainable.mode": trainable.get("mode"),
+            "trainable.lora.preset": lora.get("preset") if trainable.get("mode") == "lora" else None,
+            "trainable.lora.r": lora.get("r") if trainable.get("mode") == "lora" else None,
+            "image_size": hparams.get("image_size")}
 
 
 class Sam3FineTuner(L.LightningModule):
@@ -120,6 +131,28 @@ class Sam3FineTuner(L.LightningModule):
                    objective=ObjectiveConfig(**h["objective"]), optimizer=OptimizerConfig(**h["optimizer"]),
                    schedule=ScheduleConfig(**h["schedule"]), validation=ValidationConfig(**h["validation"]),
                    phrase_chunk_size=h["phrase_chunk_size"], image_size=h["image_size"], seed=h["seed"])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose model differs from the configured one (one line), before any weight is loaded.
+
+        The checkpoint's hyper-parameters never replace the user's config: a run resumes or validates what its
+        config says, and a checkpoint of another base model, mode or LoRA is an error rather than a silent swap.
+        """
+        stored, mine = _identity(checkpoint.get("hyper_parameters") or {}), _identity(self.hparams)
+        for key, value in stored.items():
+            if value is not None and value != mine.get(key):
+                raise ConfigError(f"the checkpoint was trained with model.{key}={value!r}, but the config says "
+                                  f"{mine.get(key)!r}; pass the config the checkpoint was trained with "
+                                  "(its hyper-parameters never replace the config)")
+        own = self.state_dict()
+        theirs = checkpoint.get("state_dict") or {}
+        missing = [k for k in own if k not in theirs]
+        unexpected = [k for k in theirs if k not in own]
+        reshaped = [k for k in own if k in theirs and tuple(theirs[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or reshaped:
+            example = (missing or unexpected or reshaped)[0]
+            raise ConfigError(f"the checkpoint's weights do not fit this model ({len(missing)} missing, "
+                              f"{len(unexpected)} unexpected, {len(reshaped)} of another shape, e.g. {example})")
 
     # ----- model --------------------------------------------------------------------------------------------
     def _prepare(self, base: torch.nn.Module) -> torch.nn.Module:
@@ -297,11 +330,13 @@ class Sam3FineTuner(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """Throughput, data wait, GPU memory, learning rate per group and the validation image panel."""
+        """Throughput, data wait, GPU memory, learning rate per group, the validation image panel and the
+        random-number state of every checkpoint (exact resume)."""
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks: list[L.Callback] = [DataWaitMonitor(), images_per_sec_monitor(), GpuMemoryMonitor(),
-                                       ValidationPanel(max_images=self.validation_config.panel_images)]
+                                       ValidationPanel(max_images=self.validation_config.panel_images),
+                                       RandomStateCheckpoint()]
         if self.trainer.loggers:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         return callbacks
