@@ -38,7 +38,8 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
 def _load(args: argparse.Namespace):
     from .config import load_recipe, recipe_path
 
-    return load_recipe(args.recipe, parse_sets(args.set)), str(recipe_path(args.recipe))
+    path = recipe_path(args.recipe)  # once: it says which file a name resolved to
+    return load_recipe(path, parse_sets(args.set)), str(path)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ from adapt.data.transforms import AugmentConfig
 from sam3_model.adapters import LoraSettings
 from sam3_model.configfile import dataclass_from_mapping, load_yaml_or_json
 from sam3_model.errors import ConfigError
+from sam3_model.loading import is_explicit_path
+from sam3_model.notices import notice
 from synth.config import RunConfig, SourceConfig, VerifyConfig, maybe_local
 from synth.labelling import TeacherConfig
 from verifiers.crop_classifier import CropClassifierConfig
@@ -181,9 +183,16 @@ class RecipeConfig:
 
 
 def recipe_path(name_or_path: str | os.PathLike[str]) -> Path:
-    """The YAML file of a built-in recipe name, or the given path."""
+    """The YAML file of a built-in recipe name, or the given path.
+
+    A built-in name wins over a same-named file or folder here (a run's `--out demo` must not hide the demo);
+    `./demo` means the path. The notice says so when both exist.
+    """
     text = str(name_or_path)
-    if text in BUILTIN and not Path(text).exists():
+    if text in BUILTIN and not is_explicit_path(text):
+        if Path(text).exists():
+            notice(f"recipe {text}: using the built-in recipe; {text!r} here is a "
+                   f"{'folder' if Path(text).is_dir() else 'file'} too: pass ./{text} to use it instead")
         return RECIPES_DIR / f"{text}.yaml"
     path = Path(text).expanduser()
     if not path.is_file():

@@ -294,9 +294,12 @@ def _worker_devices(accelerator: str, workers: int) -> list[int | None]:
 
 
 def _init_worker(queue: Any, threads: int | None) -> None:
-    """Pin a worker process to its GPU (or thread count) before torch is used."""
+    """Pin a worker process to its GPU (or thread count) before torch is used; it ends if the recipe run dies."""
     import warnings
 
+    from sam3_model.processes import die_with_parent
+
+    die_with_parent()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ["TQDM_DISABLE"] = "1"  # side-by-side jobs would interleave their bars with the runs bar
