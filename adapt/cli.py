@@ -60,7 +60,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not (Path(args.adapter) / "adapter_config.json").is_file():
             raise Sam3AdaptError(f"{args.adapter}: no adapter_config.json; pass a directory written by an adapter export")
         model = PeftModel.from_pretrained(model, args.adapter)
-    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else {}
+    metrics = _read_metrics(args.metrics) if args.metrics else {}
     card = ModelCardInfo(base_model=args.model, data=args.data, recipe=args.recipe, metrics=metrics)
     if kind == "adapter":
         if not args.adapter:
@@ -72,6 +72,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         out = export_video(model, args.out, card, base_video_dir=args.base_video)
     print(f"wrote {kind} export to {out}")
     return 0
+
+
+def _read_metrics(path: Path) -> dict[str, float]:
+    """--metrics: a JSON object of numbers (e.g. eval's metrics.json), or one line naming the file."""
+    from adapt.evaluation.jsonfiles import read_json
+
+    data = read_json(path, "metrics")
+    if not isinstance(data, dict):
+        raise Sam3AdaptError(f"{path}: metrics must be a JSON object of name: number, got {type(data).__name__}")
+    return {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from sam3_model.errors import ConfigError
 from sam3_model.loading import is_explicit_path
 from sam3_model.notices import notice
 from synth.config import RunConfig, SourceConfig, VerifyConfig, maybe_local
+from synth.ontology import ontology_from_mapping
 from synth.labelling import TeacherConfig
 from verifiers.crop_classifier import CropClassifierConfig
 
@@ -154,6 +155,8 @@ class RecipeConfig:
             if arm in needs and getattr(self, needs[arm]) is None:
                 raise ConfigError(f"arms: {arm!r} needs a {needs[arm]} section (images to pseudo-label)")
         dataclass_from_mapping(TeacherConfig, self.teacher, "teacher")  # keys and types, checked on load
+        if isinstance(self.ontology, dict):  # an inline ontology is checked on load too, naming the file
+            ontology_from_mapping(self.ontology, "ontology")
         if "general" in self.mixes and self.general is None:
             raise ConfigError("mixes: 'general' needs a general section (general-domain HQ data to mix 1:1)")
         if self.train.steps < 1:

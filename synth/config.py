@@ -156,6 +156,8 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         self.source.chosen()
+        if isinstance(self.ontology, dict):  # an inline ontology is checked on load, naming the file
+            ontology_from_mapping(self.ontology, "ontology")
         if self.run.shard_size < 1:
             raise ConfigError(f"run.shard_size must be >= 1, got {self.run.shard_size}")
         if not 0 <= self.teacher.candidate_threshold <= self.teacher.threshold:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sam3_model.errors import ConfigError
+from sam3_model.formats import FormatProblem, check_phrase
 
 _KEYS = ("name", "parent", "synonyms", "hard_negatives")
 
@@ -96,9 +97,13 @@ def _unique(items: list[str]) -> list[str]:
 
 
 def _phrase(value: Any, where: str) -> str:
+    """A noun phrase with single spaces (the phrase rules of every dataset reader), or `ConfigError` at `where`."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}: expected a non-empty noun phrase, got {value!r}")
-    return " ".join(value.split())
+    try:
+        return " ".join(check_phrase(value).split())
+    except FormatProblem as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def _phrases(value: Any, where: str) -> tuple[str, ...]:

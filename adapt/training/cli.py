@@ -10,8 +10,13 @@ parameters, e.g. the geometry encoder on text-only prompts).
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -119,22 +124,66 @@ def run_lightning_cli(args: list[str]) -> None:
     """
     import sys
 
+    configs = _config_files(args)
+    for path in configs:
+        _check_yaml(path)
     # When the command line is the process's own, let LightningCLI read sys.argv: DDP's launcher re-runs it.
     cli = None
     try:
         cli = Sam3CLI(
             Sam3FineTuner, Sam3DataModule, args=None if args == sys.argv[1:] else args, seed_everything_default=0,
             trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": "sam3-adapt"}, run=True,
+            parser_kwargs={"prog": "sam3-adapt", "exit_on_error": False,
+                           **{verb: {"exit_on_error": False} for verb in SUBCOMMANDS}}, run=True,
         )
     except SIGTERMException:
         raise TrainingInterrupted("stopped by SIGTERM before training finished; the last checkpoint holds the "
                                   "progress: rerun with --ckpt_path last to resume") from None
     except MisconfigurationException as err:
         raise ConfigError(_first_line(err)) from None
+    except argparse.ArgumentError as err:  # jsonargparse, with exit_on_error=False: no usage dump
+        raise ConfigError(_argument_message(str(err), args, configs)) from None
     if cli is not None and getattr(cli.trainer, "received_sigterm", False):
         raise TrainingInterrupted(f"stopped by SIGTERM at step {cli.trainer.global_step}; rerun with --ckpt_path last "
                                   "to resume")
+
+
+def _argument_message(message: str, args: list[str], configs: list[str]) -> str:
+    """jsonargparse's error on one line, naming the config file when the bad key came from it."""
+    text = " ".join(message.split())
+    option = re.search(r"option '([^']+)'", text)
+    from_file = option is not None and not any(a.split("=", 1)[0] == f"--{option.group(1)}" for a in args)
+    if configs and (from_file or "parsing config" in text.lower()):
+        return f"{configs[-1] if len(configs) == 1 else ', '.join(configs)}: {text}"
+    return text
+
+
+def _config_files(args: list[str]) -> list[str]:
+    """The --config / -c files of a command line, in order."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def _check_yaml(path: str) -> None:
+    """A --config file must exist and parse as YAML; else one line naming it, the line and the column."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--config {path}: cannot read it ({err})") from None
+    try:
+        yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML: {problem}{at}") from None
 
 
 def _first_line(err: BaseException) -> str:
