@@ -26,6 +26,7 @@ from .errors import ConfigError, ModelLoadError
 from .atomic import umask
 from .atomic import atomic_write_text
 from .model_card import ModelCardInfo, write_model_card
+from .presets import PRESETS
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 
@@ -111,12 +112,21 @@ def export_adapter(peft_model: PeftModel, out_dir: str | os.PathLike[str], card:
     if not isinstance(peft_model, PeftModel):
         raise ConfigError(f"export_adapter needs a peft-wrapped model, got {type(peft_model).__name__}; "
                           "use export_merged for a plain Sam3Model")
+    if card.base_model in PRESETS:  # random weights built in code: no Hub id or folder to load them from
+        card = replace(card, notes="\n\n".join(n for n in (card.notes, PRESET_BASE_NOTE.format(card.base_model)) if n))
     target = Path(out_dir)
     with atomic_directory(target) as tmp:
         peft_model.save_pretrained(tmp, safe_serialization=True)
         _name_base_model(tmp / "adapter_config.json", card.base_model)
         write_model_card(card, "adapter", tmp / "README.md")  # replaces peft's template card
     return target
+
+
+PRESET_BASE_NOTE = (
+    "**This adapter cannot be used outside sam3-adapt.** Its base model, `{0}`, is one of sam3-adapt's "
+    "random-weight presets, built in code (`sam3_model.load_model('{0}', seed=...)` with the training seed), "
+    "so there is no Hub id or folder that plain peft could load it onto. Export the checkpoint merged "
+    "(`sam3-adapt export --checkpoint ... --out DIR`) for a model that loads in plain transformers.")
 
 
 def _check_tracker_fits(detector: Sam3Config, video: Sam3VideoConfig) -> None:

@@ -90,6 +90,15 @@ def coco_pairs(
 
 def _category_names(gt_json: Mapping[str, Any], source: str) -> dict[Any, str]:
     """Category id -> name, checking the required keys, the phrases and that names differ (as training does)."""
+    entries = _checked_categories(gt_json, source)
+    try:
+        return choose_categories(entries, (), CategoryRules(keep_placeholders=True)).kept
+    except FormatProblem as err:
+        raise DatasetError(f"{source}: {err}") from None
+
+
+def _checked_categories(gt_json: Mapping[str, Any], source: str) -> list:
+    """The categories list, each with a usable id (no duplicates) and a phrase for a name."""
     entries = _list_field(gt_json, "categories", source)
     ids: set = set()
     for i, cat in enumerate(entries):
@@ -104,10 +113,7 @@ def _category_names(gt_json: Mapping[str, Any], source: str) -> dict[Any, str]:
             check_phrase(cat["name"])
         except FormatProblem as err:
             raise DatasetError(f"{where}: name: {err}") from None
-    try:
-        return choose_categories(entries, (), CategoryRules(keep_placeholders=True)).kept
-    except FormatProblem as err:
-        raise DatasetError(f"{source}: {err}") from None
+    return entries
 
 
 def apply_category_rules(gt_json: Mapping[str, Any], rules: CategoryRules,
@@ -117,8 +123,7 @@ def apply_category_rules(gt_json: Mapping[str, Any], rules: CategoryRules,
     Training reads the same file with the same rules, so a Roboflow root category or labelme's `_background_`
     is not a phrase in either.
     """
-    entries = _list_field(gt_json, "categories", source)
-    _category_names(gt_json, source)  # structure first: ids, names
+    entries = _checked_categories(gt_json, source)
     annotations = gt_json.get("annotations") if isinstance(gt_json.get("annotations"), list) else []
     try:
         choice = choose_categories(entries, annotations, rules)
