@@ -38,23 +38,39 @@ def cmd_overfit(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a training checkpoint or a model (optionally with a LoRA adapter merged) for transformers or video."""
+    from adapt.model_source import training_checkpoint
+
     kind = "video" if args.video else "adapter" if args.adapter_only else "merged"
     if args.video and args.adapter_only:
         raise Sam3AdaptError("choose one of --video and --adapter-only")
     if (args.checkpoint is None) == (args.model is None):
-        raise Sam3AdaptError("give exactly one of --checkpoint (a training checkpoint) and --model")
-    if args.checkpoint is not None:
+        raise Sam3AdaptError("give exactly one of --checkpoint (a training checkpoint or run folder) and --model")
+    from sam3_model.loading import is_explicit_path
+    from sam3_model.presets import PRESETS
+
+    names_preset = args.model in PRESETS and not is_explicit_path(args.model)
+    if args.checkpoint:
+        checkpoint = training_checkpoint(args.checkpoint)
+    else:  # --model may name a checkpoint or a run folder too, unless it is a preset or comes with --adapter
+        checkpoint = None if args.adapter or names_preset else training_checkpoint(args.model)
+    if args.checkpoint and checkpoint is None:
+        raise Sam3AdaptError(f"--checkpoint {args.checkpoint}: neither a .ckpt file nor a run folder with "
+                             "checkpoints/best-*.ckpt or checkpoints/last.ckpt")
+    if checkpoint is not None:
         from adapt.training.checkpoints import export_checkpoint
 
-        out = export_checkpoint(args.checkpoint, args.out, kind, base_video_dir=args.base_video, data=args.data)
-        print(f"wrote {kind} export of {args.checkpoint} to {out}")
+        out = export_checkpoint(checkpoint, args.out, kind, base_video_dir=args.base_video, data=args.data)
+        print(f"wrote {kind} export of {checkpoint} to {out}")
         return 0
     from peft import PeftModel
 
     from sam3_model.export import export_adapter, export_merged, export_video
     from sam3_model.loading import load_model
     from sam3_model.model_card import ModelCardInfo
+    from sam3_model.notices import warn
 
+    if names_preset:
+        warn(f"--model {args.model} is a preset with random weights: the export is not a trained model")
     model, processor = load_model(args.model)
     if args.adapter:
         if not (Path(args.adapter) / "adapter_config.json").is_file():
@@ -183,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(func=cmd_overfit)
 
     exp = verbs.add_parser("export", help="export a checkpoint or model for transformers, peft or Sam3VideoModel")
-    exp.add_argument("--checkpoint", help="training checkpoint (.ckpt) written by `sam3-adapt fit`")
+    exp.add_argument("--checkpoint", help="training checkpoint (.ckpt) written by `sam3-adapt fit`, or its run "
+                                          "folder (the best checkpoint, else last.ckpt)")
     exp.add_argument("--model", help=model_help + "; instead of --checkpoint")
     exp.add_argument("--adapter", help="LoRA adapter directory to merge (with --model)")
     exp.add_argument("--adapter-only", action="store_true", help="write the LoRA adapter alone (peft format)")

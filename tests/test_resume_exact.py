@@ -143,3 +143,18 @@ def _malicious_pickle(target: Path) -> bytes:
             return (os.system, ("touch " + str(target),))
 
     return pickle.dumps({"state_dict": Payload(), "hyper_parameters": {"model": "tiny", "trainable": {}}})
+
+
+@pytest.mark.parametrize("setup,extra,needle", [
+    (lambda tmp: (tmp / "bad.yaml").write_text("model: {model: tiny\n  bad: ["), ["--config", "bad.yaml"],
+     "bad.yaml: not valid YAML"),
+    (lambda tmp: (tmp / "key.yaml").write_text("model:\n  modle: tiny\n"), ["--config", "key.yaml"],
+     "key.yaml: Subcommand 'fit' does not accept option 'model.modle'"),
+    (lambda tmp: None, ["--model.model=tiny", "--data.train=[{path: x.json}]", "--trainer.accelerator=gpu"], "gpu"),
+])
+def test_bad_fit_settings_get_one_line(tmp_path, setup, extra, needle):
+    setup(tmp_path)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([str(CLI), "fit", *extra], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert needle in _error_line(done)
