@@ -23,7 +23,7 @@ from scipy.optimize import linear_sum_assignment
 from adapt.evaluation.jsonfiles import gc_paused, read_json, require_keys
 from adapt.evaluation.pairs import PairId, PairPrediction, PairTruth
 from sam3_model.errors import DatasetError
-from sam3_model.formats import FormatProblem, check_phrase, check_rle
+from sam3_model.formats import FormatProblem, RleBatch, check_phrase, check_rle
 
 # The official thresholds, built the same way (COCOeval.Params): 0.75 is exactly the 6th element.
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -326,11 +326,12 @@ def _box(value: Any, where: str) -> list[float]:
     return [_number(v, where, "bbox") for v in value]  # names the offending value
 
 
-def _rle(segm: Any, height: int, width: int, where: str) -> dict:
-    """Compressed RLE of a segmentation (compressed / uncompressed RLE or polygons), size- and runs-checked."""
+def _rle(segm: Any, height: int, width: int, where: str, batch: RleBatch | None = None) -> dict:
+    """Compressed RLE of a segmentation (compressed / uncompressed RLE or polygons), size- and runs-checked
+    (the runs of compressed ones queued in `batch`, when given, for one vectorised check per file)."""
     if isinstance(segm, dict):
         try:
-            return check_rle(segm, height, width)
+            return check_rle(segm, height, width, batch, where)
         except FormatProblem as err:
             raise DatasetError(f"{where}: {err}") from None
     if isinstance(segm, list):  # polygons, as COCO.annToRLE
@@ -376,8 +377,16 @@ def _load_saco_truth(path: str | Path, data: Any) -> SacoTruth:
     return truth
 
 
+def _verify(batch: RleBatch) -> None:
+    """Raise `DatasetError` naming the entry of the first corrupt RLE the batch holds."""
+    problem = batch.first_problem()
+    if problem is not None:
+        raise DatasetError(f"{problem[0]}: {problem[1]}")
+
+
 def _add_annotations(truth: SacoTruth, anns: list, path: str) -> None:
     """Attach the annotations to their pairs, in the official order (sorted category id, then file order)."""
+    batch = RleBatch()
     order = {c: r for r, c in enumerate(truth.category_ids)}
     sole = truth.category_ids[0] if len(truth.category_ids) == 1 else None  # implied when an annotation omits it
     grouped: dict[PairId, list[tuple[int, int, list[float] | None, dict | None, bool]]] = {}
@@ -393,11 +402,12 @@ def _add_annotations(truth: SacoTruth, anns: list, path: str) -> None:
             truth.num_dropped_category += 1  # official: only the GT categories are looped over
             continue
         box = _box(ann["bbox"], where) if "bbox" in ann else None
-        rle = _rle(ann["segmentation"], pair.height, pair.width, where) if "segmentation" in ann else None
+        rle = _rle(ann["segmentation"], pair.height, pair.width, where, batch) if "segmentation" in ann else None
         if box is None and rle is None:
             raise DatasetError(f"{where}: needs a bbox or a segmentation")
         # Official: gt['ignore'] = 'iscrowd' in gt and gt['iscrowd'] (truthiness).
         grouped.setdefault(ann["image_id"], []).append((order[ann["category_id"]], i, box, rle, bool(ann.get("iscrowd", 0))))
+    _verify(batch)
     for pid, items in grouped.items():
         items.sort(key=lambda it: it[0])  # stable: file order within a category
         _fill(truth[pid], items, path)
@@ -430,6 +440,7 @@ def parse_predictions(data: Any, truth: Mapping[PairId, PairTruth], path: str | 
     out = PredictionSet(str(path))
     out.num_predictions = len(data)
     grouped: dict[PairId, list[tuple[int, float, list[float], dict | None]]] = {}
+    batch = RleBatch()
     for i, ann in enumerate(data):
         where = f"{path}: [{i}]"
         require_keys(ann, ("image_id", "category_id", "score"), where)
@@ -445,7 +456,8 @@ def parse_predictions(data: Any, truth: Mapping[PairId, PairTruth], path: str | 
         if rank < 0:
             out.num_dropped_category += 1
             continue
-        grouped.setdefault(ann["image_id"], []).append((rank, score, *_pred_geometry(ann, pair, where)))
+        grouped.setdefault(ann["image_id"], []).append((rank, score, *_pred_geometry(ann, pair, where, batch)))
+    _verify(batch)
     for pid, items in grouped.items():
         items.sort(key=lambda it: it[0])  # official order: sorted category id, then file order
         out[pid] = PairPrediction(
@@ -455,11 +467,11 @@ def parse_predictions(data: Any, truth: Mapping[PairId, PairTruth], path: str | 
     return out
 
 
-def _pred_geometry(ann: dict, pair: PairTruth, where: str) -> tuple[list[float], dict]:
+def _pred_geometry(ann: dict, pair: PairTruth, where: str, batch: RleBatch) -> tuple[list[float], dict]:
     """(box, mask) of one prediction, completed as the official `loadRes` does when one is missing."""
     box = _box(ann["bbox"], where) if "bbox" in ann else None
     if "segmentation" in ann:
-        rle = _rle(ann["segmentation"], pair.height, pair.width, where)
+        rle = _rle(ann["segmentation"], pair.height, pair.width, where, batch)
     else:  # official loadRes: the box, as a polygon, is the mask
         x1, y1, bw, bh = box
         rle = _rle([[x1, y1, x1, y1 + bh, x1 + bw, y1 + bh, x1 + bw, y1]], pair.height, pair.width, where)

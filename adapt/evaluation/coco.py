@@ -28,7 +28,7 @@ from pycocotools.cocoeval import COCOeval
 from adapt.evaluation.jsonfiles import require_keys
 from adapt.evaluation.pairs import PairId, PairPrediction, PairTruth
 from sam3_model.errors import DatasetError
-from sam3_model.formats import CategoryRules, FormatProblem, check_phrase, check_rle, choose_categories
+from sam3_model.formats import CategoryRules, FormatProblem, RleBatch, check_phrase, check_rle, choose_categories
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
@@ -150,6 +150,7 @@ def _annotations_by_key(
 ) -> dict[tuple[Any, Any], list[dict]]:
     """Checked annotations grouped by (image_id, category_id), each with its mask as `_rle` (None if it has none)."""
     groups: dict[tuple[Any, Any], list[dict]] = defaultdict(list)
+    batch = RleBatch()
     for i, ann in enumerate(_list_field(gt_json, "annotations", source)):
         where = f"{source}: annotations[{i}]"
         require_keys(ann, ("image_id", "category_id", "bbox"), where)
@@ -159,29 +160,37 @@ def _annotations_by_key(
             raise DatasetError(f"{where}: category_id {ann['category_id']!r} is not in 'categories'")
         _check_bbox(ann["bbox"], where)
         h, w = sizes[ann["image_id"]]
-        rle = _gt_rle(ann.get("segmentation"), h, w, where)
+        rle = _gt_rle(ann.get("segmentation"), h, w, where, batch)
         groups[(ann["image_id"], ann["category_id"])].append({**ann, "_rle": rle})
+    _verify(batch)
     return groups
 
 
-def _gt_rle(seg: Any, h: int, w: int, where: str) -> dict | None:
+def _gt_rle(seg: Any, h: int, w: int, where: str, batch: RleBatch) -> dict | None:
     """A ground-truth segmentation (polygons, uncompressed or compressed RLE) as compressed RLE; None if absent."""
     if seg is None or (isinstance(seg, list) and not seg):
         return None
     if isinstance(seg, dict):
-        return _checked_rle(seg, h, w, where)
+        return _checked_rle(seg, h, w, where, batch)
     polygons = isinstance(seg, list) and all(isinstance(p, list) and len(p) >= 4 and len(p) % 2 == 0 for p in seg)
     if polygons and all(_is_number(v) for p in seg for v in p):
         return _str_counts(mask_utils.merge(mask_utils.frPyObjects(seg, h, w)))
     raise DatasetError(f"{where}: segmentation must be polygons (lists of x, y) or an RLE {{size, counts}}")
 
 
-def _checked_rle(seg: Mapping[str, Any], h: int, w: int, where: str) -> dict:
-    """`sam3_model.formats.check_rle` with the file and entry in the message."""
+def _checked_rle(seg: Mapping[str, Any], h: int, w: int, where: str, batch: RleBatch) -> dict:
+    """`sam3_model.formats.check_rle` with the file and entry in the message (runs queued in `batch`)."""
     try:
-        return check_rle(seg, h, w)
+        return check_rle(seg, h, w, batch, where)
     except FormatProblem as err:
         raise DatasetError(f"{where}: {err}") from None
+
+
+def _verify(batch: RleBatch) -> None:
+    """Raise `DatasetError` naming the entry of the first corrupt RLE the batch holds."""
+    problem = batch.first_problem()
+    if problem is not None:
+        raise DatasetError(f"{problem[0]}: {problem[1]}")
 
 
 def _pair_truth(pid: PairId, phrase: str, size: tuple[int, int], anns: list[dict], box_only: bool) -> PairTruth:
@@ -210,12 +219,15 @@ def check_predictions(
     """Check a COCO results list against the ground truth's image sizes; entries are numbered from 0."""
     if not isinstance(preds, list):
         raise DatasetError(f"{path}: predictions must be a JSON list of COCO results, got {type(preds).__name__}")
+    batch = RleBatch()
     for i, entry in enumerate(preds):
-        _check_entry(entry, f"{path}: entry {i}", sizes, category_ids)
+        _check_entry(entry, f"{path}: entry {i}", sizes, category_ids, batch)
+    _verify(batch)
 
 
 def _check_entry(
-    entry: Any, where: str, sizes: Mapping[Any, tuple[int, int]], category_ids: Collection[Any] | None
+    entry: Any, where: str, sizes: Mapping[Any, tuple[int, int]], category_ids: Collection[Any] | None,
+    batch: RleBatch,
 ) -> None:
     """Check one COCO result: keys, score, image and category ids, box, RLE size."""
     require_keys(entry, ("image_id", "category_id", "score"), where)
@@ -237,7 +249,7 @@ def _check_entry(
         if not isinstance(seg, dict) or not isinstance(seg.get("counts"), str):
             raise DatasetError(f"{where}: segmentation must be a compressed RLE {{size, counts: str}}")
         _check_rle_size(seg, *sizes[entry["image_id"]], where, image_id=entry["image_id"])
-        _checked_rle(seg, *sizes[entry["image_id"]], where)
+        _checked_rle(seg, *sizes[entry["image_id"]], where, batch)
 
 
 def coco_predictions(
