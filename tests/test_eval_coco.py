@@ -364,3 +364,11 @@ def test_report_on_real_evaluation(tmp_path: Path) -> None:
     text = md.read_text()
     assert "## Per phrase, worst first" in text and (tmp_path / "r.png").stat().st_size > 0
     assert len(result.per_pair) == len(pair_map)
+
+
+def test_report_shows_a_negative_cgf1(tmp_path: Path) -> None:
+    """cgF1 = pmF1 x IL_MCC is negative when the model says "present" where it is absent more than not."""
+    result = stand_in()
+    metrics = dict(result.metrics, cgF1=-0.2, **{"cgF1@0.5": -0.25, "cgF1@0.75": -1.0})
+    text = write_report(metrics, result, tmp_path / "report.md", "negative").read_text()
+    assert "| cgF1 | -20.0 | -25.0 | n/a |" in text  # -1 is the evaluator's "undefined"; -0.2 is a value
