@@ -255,6 +255,34 @@ def placeholder_reason(category: Mapping[str, Any], used_ids: set, supercategori
     return None
 
 
+def read_categories(categories: Any, annotations: Iterable[Any], rules: CategoryRules, source: str,
+                    sort_key=lambda v: v) -> CategoryChoice:  # noqa: B008
+    """A COCO file's `categories` checked (each an object with an integer or string `id`, unique, and a phrase
+    for a `name`) and chosen by `rules`; `FormatProblem` naming `source` and the entry. Training and evaluation
+    read categories with this one function, so they accept and refuse the same files."""
+    if not isinstance(categories, list):
+        raise FormatProblem(f"{source}: 'categories' must be a list")
+    ids: set = set()
+    for i, cat in enumerate(categories):
+        where = f"{source}: categories[{i}]"
+        if not isinstance(cat, Mapping) or "id" not in cat or "name" not in cat:
+            raise FormatProblem(f"{where}: a category needs 'id' and 'name'")
+        cat_id = cat["id"]
+        if not ((isinstance(cat_id, int) and not isinstance(cat_id, bool)) or (isinstance(cat_id, str) and cat_id)):
+            raise FormatProblem(f"{where}: id must be an integer or a string, got {cat_id!r}")
+        if cat_id in ids:
+            raise FormatProblem(f"{where}: duplicate category id {cat_id!r}")
+        ids.add(cat_id)
+        try:
+            check_phrase(cat["name"])
+        except FormatProblem as err:
+            raise FormatProblem(f"{where}: name (it is the phrase): {err}") from None
+    try:
+        return choose_categories(categories, annotations, rules, sort_key)
+    except FormatProblem as err:
+        raise FormatProblem(f"{source}: {err}") from None
+
+
 def choose_categories(categories: Sequence[Any], annotations: Iterable[Any], rules: CategoryRules = CategoryRules(),
                       sort_key=lambda v: v) -> CategoryChoice:  # noqa: B008 - frozen
     """Apply `rules` to checked categories (each a mapping with 'id' and 'name'); `FormatProblem` on clashes.

@@ -271,7 +271,7 @@ def test_check_predictions_unknown_category_optional() -> None:
     [
         (lambda g: g.pop("annotations"), "gt.json: missing required key 'annotations'"),
         (lambda g: g["images"][1].pop("height"), r"gt.json: images\[1\]: missing required key 'height'"),
-        (lambda g: g["categories"][0].pop("name"), r"gt.json: categories\[0\]: missing required key 'name'"),
+        (lambda g: g["categories"][0].pop("name"), r"gt.json: categories\[0\]: a category needs 'id' and 'name'"),
         (lambda g: g["annotations"][2].update(image_id=99), r"gt.json: annotations\[2\]: image_id 99 is not in"),
         (lambda g: g["annotations"][1]["segmentation"].update(size=[30, 20]),
          r"gt.json: annotations\[1\]: RLE size \[30, 20\] \(height, width\) disagrees with the image's \[20, 30\]"),

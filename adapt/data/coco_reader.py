@@ -25,7 +25,7 @@ import numpy as np
 
 from adapt.evaluation.jsonfiles import gc_paused, read_json
 from sam3_model.errors import DatasetError
-from sam3_model.formats import CategoryChoice, CategoryRules, check_phrase, choose_categories
+from sam3_model.formats import CategoryChoice, CategoryRules, read_categories
 from sam3_model.records import RLE
 
 from .annotations import (
@@ -102,24 +102,10 @@ def read_coco_json(data: Any, path: str | os.PathLike[str], image_root: str | os
 
 def _categories(entries: list, annotations: list, source: str, rules: CategoryRules) -> CategoryChoice:
     """The categories that are phrases (id -> name in id order) and those `rules` leave out; bad ones raise."""
-    ids: set = set()
-    for i, cat in enumerate(entries):
-        where = f"{source}: categories[{i}]"
-        if not isinstance(cat, Mapping) or "id" not in cat or "name" not in cat:
-            raise DatasetError(f"{where}: a category needs 'id' and 'name'")
-        if not is_id(cat["id"]):
-            raise DatasetError(f"{where}: id must be an integer or a string, got {cat['id']!r}")
-        if cat["id"] in ids:
-            raise DatasetError(f"{where}: duplicate category id {cat['id']!r}")
-        ids.add(cat["id"])
-        try:
-            check_phrase(cat["name"])
-        except AnnotationProblem as err:
-            raise DatasetError(f"{where}: name (it is the phrase): {err}") from None
     try:
-        return choose_categories(entries, annotations, rules, sort_key=id_sort_key)
+        return read_categories(entries, annotations, rules, source, sort_key=id_sort_key)
     except AnnotationProblem as err:
-        raise DatasetError(f"{source}: {err}") from None
+        raise DatasetError(str(err)) from None
 
 
 def _images(entries: list, root: Path, source: str, problems: list[DatasetProblem]) -> dict[Any, _Image]:

@@ -28,7 +28,7 @@ from pycocotools.cocoeval import COCOeval
 from adapt.evaluation.jsonfiles import require_keys
 from adapt.evaluation.pairs import PairId, PairPrediction, PairTruth
 from sam3_model.errors import DatasetError
-from sam3_model.formats import CategoryRules, FormatProblem, RleBatch, check_phrase, check_rle, choose_categories
+from sam3_model.formats import CategoryChoice, CategoryRules, FormatProblem, RleBatch, check_rle, read_categories
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
@@ -90,30 +90,16 @@ def coco_pairs(
 
 def _category_names(gt_json: Mapping[str, Any], source: str) -> dict[Any, str]:
     """Category id -> name, checking the required keys, the phrases and that names differ (as training does)."""
-    entries = _checked_categories(gt_json, source)
+    return _categories(gt_json, CategoryRules(keep_placeholders=True), source).kept
+
+
+def _categories(gt_json: Mapping[str, Any], rules: CategoryRules, source: str) -> CategoryChoice:
+    """The file's categories read as training reads them (`sam3_model.formats.read_categories`)."""
+    annotations = gt_json.get("annotations") if isinstance(gt_json.get("annotations"), list) else []
     try:
-        return choose_categories(entries, (), CategoryRules(keep_placeholders=True)).kept
+        return read_categories(_list_field(gt_json, "categories", source), annotations, rules, source)
     except FormatProblem as err:
-        raise DatasetError(f"{source}: {err}") from None
-
-
-def _checked_categories(gt_json: Mapping[str, Any], source: str) -> list:
-    """The categories list, each with a usable id (no duplicates) and a phrase for a name."""
-    entries = _list_field(gt_json, "categories", source)
-    ids: set = set()
-    for i, cat in enumerate(entries):
-        where = f"{source}: categories[{i}]"
-        require_keys(cat, ("id", "name"), where)
-        if not _is_key(cat["id"]):
-            raise DatasetError(f"{where}: id must be a number or a string, got {cat['id']!r}")
-        if cat["id"] in ids:
-            raise DatasetError(f"{where}: duplicate category id {cat['id']!r}")
-        ids.add(cat["id"])
-        try:
-            check_phrase(cat["name"])
-        except FormatProblem as err:
-            raise DatasetError(f"{where}: name: {err}") from None
-    return entries
+        raise DatasetError(str(err)) from None
 
 
 def apply_category_rules(gt_json: Mapping[str, Any], rules: CategoryRules,
@@ -123,12 +109,9 @@ def apply_category_rules(gt_json: Mapping[str, Any], rules: CategoryRules,
     Training reads the same file with the same rules, so a Roboflow root category or labelme's `_background_`
     is not a phrase in either.
     """
-    entries = _checked_categories(gt_json, source)
+    entries = _list_field(gt_json, "categories", source)
     annotations = gt_json.get("annotations") if isinstance(gt_json.get("annotations"), list) else []
-    try:
-        choice = choose_categories(entries, annotations, rules)
-    except FormatProblem as err:
-        raise DatasetError(f"{source}: {err}") from None
+    choice = _categories(gt_json, rules, source)
     if not choice.dropped:
         return dict(gt_json), []
     if not choice.kept:
