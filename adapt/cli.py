@@ -92,7 +92,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _read_metrics(path: Path) -> dict[str, float]:
     """--metrics: a JSON object of numbers (e.g. eval's metrics.json), or one line naming the file."""
-    from adapt.evaluation.jsonfiles import read_json
+    from sam3_model.formats import read_json
 
     data = read_json(path, "metrics")
     if not isinstance(data, dict):

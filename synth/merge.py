@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from sam3_model.atomic import atomic_write_text
+from sam3_model.formats import saco_json, write_json_dataset
 from sam3_model.records import mask_area
 
+from .ontology import Ontology
 from .shards import RunDir
 from .stages import exact_pairs
-from .ontology import Ontology
 
 VARIANTS = ("pl", "syn", "exact")
 
@@ -62,8 +63,7 @@ class _SacoBuilder:
             })
 
     def to_json(self, info: dict[str, Any]) -> dict[str, Any]:
-        return {"info": {**info, "variant": self.variant}, "images": self.images, "annotations": self.annotations,
-                "categories": [{"id": 1, "name": "object"}]}
+        return saco_json(self.images, self.annotations, {**info, "variant": self.variant})
 
 
 def _provenance(record: dict[str, Any], pair: dict[str, Any], inst: dict[str, Any], teacher: str,
@@ -96,7 +96,7 @@ def merge_run(records: list[dict[str, Any]], run_dir: RunDir, ontology: Ontology
         if variant == "exact" and not builder.images:
             continue
         path = run_dir.root / f"{variant}.json"
-        atomic_write_text(path, json.dumps(builder.to_json(info), separators=(",", ":")) + "\n")
+        write_json_dataset(path, builder.to_json(info))
         written[variant] = path
     written["decisions"] = atomic_write_text(run_dir.root / "decisions.jsonl", "".join(d + "\n" for d in decisions))
     return written

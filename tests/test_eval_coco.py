@@ -21,10 +21,9 @@ from adapt.evaluation.coco import (
     coco_ap,
     coco_pairs,
     coco_predictions,
-    detect_format,
     image_sizes,
 )
-from adapt.evaluation.jsonfiles import read_json
+from sam3_model.formats import detect_format, read_json
 from adapt.evaluation.report import phrase_rows, write_report
 from sam3_model.errors import DatasetError
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from sam3_model.formats import FormatProblem, check_rle
+from sam3_model.formats import FormatProblem, check_rle, str_counts
 from sam3_model.records import RLE, mask_area
 
 BOX_TOLERANCE_PX = 1.0  # how far (pixels) a box may stick out of the image before it is a problem
@@ -157,13 +157,6 @@ def polygons_to_rle(polygons: Sequence[Any], height: int, width: int) -> RLE:
             raise AnnotationProblem(f"polygon {k} has {len(poly) // 2} points, needs at least 3")
     coded = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in p] for p in polygons], height, width))
     return str_counts(coded)
-
-
-def str_counts(rle: Mapping[str, Any]) -> RLE:
-    """A compressed RLE with `counts` as str (pycocotools returns bytes) and `size` as a list of ints."""
-    counts = rle["counts"]
-    return {"size": [int(v) for v in rle["size"]],
-            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}  # fmt: skip
 
 
 def rle_box_xywh_px(rle: RLE) -> np.ndarray:

@@ -23,9 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from adapt.evaluation.jsonfiles import gc_paused, read_json
 from sam3_model.errors import DatasetError
-from sam3_model.formats import CategoryChoice, CategoryRules, read_categories
+from sam3_model.formats import (
+    CategoryChoice,
+    CategoryRules,
+    gc_paused,
+    read_categories,
+    read_json,
+)
 from sam3_model.records import RLE
 
 from .annotations import (

@@ -16,7 +16,6 @@ The helpers the YOLO converter shares (image listing, COCO writing, `ConversionS
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,9 +26,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from sam3_model.atomic import atomic_write_text
 from sam3_model.configfile import load_yaml_or_json
 from sam3_model.errors import ConfigError, DatasetError, ImageError
+from sam3_model.formats import coco_json, write_json_dataset
 from sam3_model.images import read_image_size as displayed_image_size
 from sam3_model.records import encode_mask
 
@@ -220,5 +219,4 @@ def coco_image(image_id: int, image_path: Path, out_dir: Path, width: int, heigh
 
 def write_coco(out_json: Path, images: list[dict], annotations: list[dict], categories: list[dict]) -> None:
     """Write a COCO instance file atomically."""
-    data = {"images": images, "annotations": annotations, "categories": categories}
-    atomic_write_text(out_json, json.dumps(data, separators=(",", ":")) + "\n")
+    write_json_dataset(out_json, coco_json(images, annotations, categories))

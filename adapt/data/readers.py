@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from adapt.evaluation.coco import detect_format
-from adapt.evaluation.jsonfiles import gc_paused, read_json
 from sam3_model.errors import ConfigError
-from sam3_model.formats import CategoryRules
+from sam3_model.formats import CategoryRules, detect_format, gc_paused, read_json
 
 from .coco_reader import read_coco_json
 from .image_check import check_images

@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from adapt.evaluation.jsonfiles import gc_paused, read_json
 from sam3_model.errors import DatasetError
-from sam3_model.formats import check_phrase
+from sam3_model.formats import check_phrase, gc_paused, read_json
 from sam3_model.records import RLE
 
 from .annotations import (

@@ -15,13 +15,18 @@ from typing import Any
 
 from sam3_model.atomic import atomic_write_text
 from sam3_model.errors import ConfigError
-from sam3_model.formats import CategoryRules
+from sam3_model.formats import CategoryRules, detect_format, read_json
 
 from .cgf1 import CgF1Result, evaluate_pairs, load_saco_truth, parse_predictions
-from .coco import apply_category_rules, check_predictions, coco_ap, coco_pairs, coco_predictions, detect_format, \
-    image_sizes
+from .coco import (
+    apply_category_rules,
+    check_predictions,
+    coco_ap,
+    coco_pairs,
+    coco_predictions,
+    image_sizes,
+)
 from .join import TruthIndex, check_box_units, join_predictions
-from .jsonfiles import read_json
 from .pairs import PairTruth
 from .report import write_report
 

@@ -20,10 +20,17 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
-from adapt.evaluation.jsonfiles import gc_paused, read_json, require_keys
 from adapt.evaluation.pairs import PairId, PairPrediction, PairTruth
 from sam3_model.errors import DatasetError
-from sam3_model.formats import FormatProblem, RleBatch, check_phrase, check_rle
+from sam3_model.formats import (
+    FormatProblem,
+    RleBatch,
+    check_phrase,
+    check_rle,
+    gc_paused,
+    read_json,
+    require_keys,
+)
 
 # The official thresholds, built the same way (COCOeval.Params): 0.75 is exactly the 6th element.
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)

@@ -25,30 +25,23 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from adapt.evaluation.jsonfiles import require_keys
 from adapt.evaluation.pairs import PairId, PairPrediction, PairTruth
 from sam3_model.errors import DatasetError
-from sam3_model.formats import CategoryChoice, CategoryRules, FormatProblem, RleBatch, check_rle, read_categories
+from sam3_model.formats import (
+    CategoryChoice,
+    CategoryRules,
+    FormatProblem,
+    RleBatch,
+    check_rle,
+    read_categories,
+    require_keys,
+    str_counts,
+)
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
 
 # --------------------------------------------------------------------------------------------- reading
-
-
-def detect_format(gt_json: Any, source: str = "ground truth") -> str:
-    """The format: "saco" when the images carry `text_input`, "coco" when there are named categories; else a `DatasetError`."""
-    if not isinstance(gt_json, dict) or not isinstance(gt_json.get("images"), list):
-        raise DatasetError(f"{source}: not a COCO-style ground-truth file (expected an object with an 'images' list)")
-    if any(isinstance(img, dict) and "text_input" in img for img in gt_json["images"]):
-        return "saco"
-    categories = gt_json.get("categories")
-    if isinstance(categories, list) and categories and all(isinstance(c, dict) and "name" in c for c in categories):
-        return "coco"
-    raise DatasetError(
-        f"{source}: cannot tell the format: no image has 'text_input' (SA-Co) and there are no named "
-        "'categories' (COCO); pass --format"
-    )
 
 
 def image_sizes(gt_json: Mapping[str, Any], source: str = "ground truth") -> dict[Any, tuple[int, int]]:
@@ -157,7 +150,7 @@ def _gt_rle(seg: Any, h: int, w: int, where: str, batch: RleBatch) -> dict | Non
         return _checked_rle(seg, h, w, where, batch)
     polygons = isinstance(seg, list) and all(isinstance(p, list) and len(p) >= 4 and len(p) % 2 == 0 for p in seg)
     if polygons and all(_is_number(v) for p in seg for v in p):
-        return _str_counts(mask_utils.merge(mask_utils.frPyObjects(seg, h, w)))
+        return str_counts(mask_utils.merge(mask_utils.frPyObjects(seg, h, w)))
     raise DatasetError(f"{where}: segmentation must be polygons (lists of x, y) or an RLE {{size, counts}}")
 
 
@@ -187,7 +180,7 @@ def _pair_truth(pid: PairId, phrase: str, size: tuple[int, int], anns: list[dict
 
 def _box_rle(bbox: Sequence[float], h: int, w: int) -> dict:
     """The compressed RLE of an xywh box."""
-    return _str_counts(mask_utils.frPyObjects(np.asarray([bbox], dtype=np.float64), h, w)[0])
+    return str_counts(mask_utils.frPyObjects(np.asarray([bbox], dtype=np.float64), h, w)[0])
 
 
 # --------------------------------------------------------------------------------------------- predictions
@@ -253,7 +246,7 @@ def coco_predictions(
 def _pair_prediction(pid: PairId, entries: Sequence[Mapping[str, Any]]) -> PairPrediction:
     """One pair's predictions; masks only when every entry has one, a missing box is the mask's box."""
     with_masks = bool(entries) and all("segmentation" in e for e in entries)
-    masks = [_str_counts(dict(e["segmentation"])) for e in entries] if with_masks else []
+    masks = [str_counts(dict(e["segmentation"])) for e in entries] if with_masks else []
     boxes = [e["bbox"] if "bbox" in e else mask_utils.toBbox(e["segmentation"]).tolist() for e in entries]
     return PairPrediction(
         pid,
@@ -364,15 +357,6 @@ def _check_rle_size(seg: Mapping[str, Any], h: int, w: int, where: str, image_id
     if not (isinstance(size, list) and len(size) == 2 and list(size) == [h, w]):
         image = "the image" if image_id is None else f"image {image_id!r}"
         raise DatasetError(f"{where}: mask size {size!r} (height, width) disagrees with {image}'s [{h}, {w}]")
-
-
-def _str_counts(rle: Mapping[str, Any]) -> dict:
-    """A compressed RLE with `counts` as str (pycocotools returns bytes)."""
-    counts = rle["counts"]
-    return {
-        "size": [int(v) for v in rle["size"]],
-        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
-    }
 
 
 def _is_number(value: Any) -> bool:

@@ -17,12 +17,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from sam3_model.errors import DatasetError, ImageError
-from sam3_model.formats import CategoryRules
+from sam3_model.formats import CategoryRules, detect_format, read_json
 from sam3_model.images import read_image_size
 
 from .cgf1 import load_saco_truth
-from .coco import apply_category_rules, detect_format
-from .jsonfiles import read_json
+from .coco import apply_category_rules
 
 
 @dataclass

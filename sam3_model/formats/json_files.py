@@ -1,4 +1,5 @@
-"""Reading JSON dataset and prediction files: one clear `DatasetError` per failure, fast on large files."""
+"""Reading JSON dataset and prediction files: one clear `DatasetError` per failure, fast on large files; and
+telling a dataset's format (SA-Co or COCO) from its content."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from sam3_model.errors import DatasetError
+from ..errors import DatasetError
 
 
 @contextlib.contextmanager
@@ -70,3 +71,18 @@ def require_keys(entry: Any, keys: Iterable[str], where: str) -> None:
     for key in keys:
         if key not in entry:
             raise DatasetError(f"{where}: missing required key {key!r}")
+
+
+def detect_format(gt_json: Any, source: str = "ground truth") -> str:
+    """The format: "saco" when the images carry `text_input`, "coco" when there are named categories; else a `DatasetError`."""
+    if not isinstance(gt_json, dict) or not isinstance(gt_json.get("images"), list):
+        raise DatasetError(f"{source}: not a COCO-style ground-truth file (expected an object with an 'images' list)")
+    if any(isinstance(img, dict) and "text_input" in img for img in gt_json["images"]):
+        return "saco"
+    categories = gt_json.get("categories")
+    if isinstance(categories, list) and categories and all(isinstance(c, dict) and "name" in c for c in categories):
+        return "coco"
+    raise DatasetError(
+        f"{source}: cannot tell the format: no image has 'text_input' (SA-Co) and there are no named "
+        "'categories' (COCO); pass --format"
+    )
