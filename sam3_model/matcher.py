@@ -3,11 +3,15 @@
 Both take one layer's predictions for B queries (Q object queries each) and the targets of those queries,
 and return `MatchIndices`: parallel 1-D tensors (batch_idx, query_idx, target_idx), where target_idx indexes
 the targets packed over the batch (`ConceptTargets.packed_boxes_cxcywh()`).
+
+Every cost weight and hyper-parameter is read from `ObjectiveConfig` (sam3_model/objective.py); this module
+keeps no defaults of its own, so the matchers cannot drift from the objective's configuration.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +23,9 @@ from torchvision.ops import box_iou, generalized_box_iou
 from .boxes import cxcywh_to_xyxy
 from .detector import LayerPredictions
 from .targets import ConceptTargets
+
+if TYPE_CHECKING:  # objective.py imports this module: import its config lazily at run time
+    from .objective import ObjectiveConfig
 
 
 @dataclass
@@ -48,7 +55,16 @@ def _offsets(counts: Tensor) -> Tensor:
     return torch.cumsum(counts, 0) - counts
 
 
-def focal_class_cost(logits: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+def _config_or_default(config: ObjectiveConfig | None) -> ObjectiveConfig:
+    """`config`, or the default `ObjectiveConfig()` (the official values) when None."""
+    if config is not None:
+        return config
+    from .objective import ObjectiveConfig  # lazy: objective.py imports this module
+
+    return ObjectiveConfig()
+
+
+def focal_class_cost(logits: Tensor, alpha: float, gamma: float) -> Tensor:
     """Focal-style matching cost of calling each query positive: (B, Q) logits -> (B, Q)."""
     prob = logits.sigmoid()
     return (-alpha * (1 - prob) ** gamma * F.logsigmoid(logits)
@@ -56,15 +72,26 @@ def focal_class_cost(logits: Tensor, alpha: float = 0.25, gamma: float = 2.0) ->
 
 
 class HungarianMatcher:
-    """One-to-one matching: cost = 5 L1(cxcywh) + 2 focal class cost + 2 (-GIoU), solved per query by scipy.
+    """One-to-one matching (SAM 3's `BinaryHungarianMatcherV2`), solved per query by scipy.
 
-    Queries whose phrase has no instance are skipped (they are learned through presence only).
+    cost[b, q, t] = cost_bbox L1(box_bq, box_bt) + cost_class focal(logit_bq) + cost_giou (-GIoU(box_bq, box_bt)),
+    with L1 on cxcywh and the focal cost of calling q positive (`focal_class_cost` with `cost_focal_alpha`,
+    `cost_focal_gamma`). Every weight is the `ObjectiveConfig` field of that name (None: its defaults).
+
+    Shapes, for B image-phrase queries, Q object queries and T_b instances of query b (T_max = max_b T_b):
+      pred.logits            (B, Q)           per-query logits, without presence
+      pred.boxes_cxcywh      (B, Q, 4)        cxcywh, normalised
+      targets.boxes_cxcywh   B x (T_b, 4)     cxcywh, normalised
+      cost_matrix            (B, Q, T_max)    lower is better; columns t >= T_b are padding, never used
+      returned MatchIndices  3 x (M,) long    M = sum_b min(Q, T_b); target_idx indexes the sum_b T_b packed targets
+    Queries whose phrase has no instance (T_b = 0) are skipped: they are learned through presence only.
     """
 
-    def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                 alpha: float = 0.25, gamma: float = 2.0) -> None:
-        self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
-        self.alpha, self.gamma = alpha, gamma
+    def __init__(self, config: ObjectiveConfig | None = None) -> None:
+        """Read the cost weights and the focal alpha/gamma from `config` (None: `ObjectiveConfig()`)."""
+        config = _config_or_default(config)
+        self.cost_class, self.cost_bbox, self.cost_giou = config.cost_class, config.cost_bbox, config.cost_giou
+        self.alpha, self.gamma = config.cost_focal_alpha, config.cost_focal_gamma
 
     @torch.no_grad()
     def cost_matrix(self, pred: LayerPredictions, targets: ConceptTargets) -> tuple[Tensor, Tensor]:
@@ -101,14 +128,23 @@ class HungarianMatcher:
 
 
 class OneToManyMatcher:
-    """One-to-many matching (DAC-DETR): query q matches instance t when its score
+    """One-to-many matching (DAC-DETR, SAM 3's `BinaryOneToManyMatcher`): query q matches instance t when its score
     C = alpha * sigmoid(logit) + (1 - alpha) * IoU is among the ~top-k of all queries for t and above a threshold.
 
+    alpha, threshold and topk are `ObjectiveConfig.o2m_alpha`, `o2m_threshold` and `o2m_topk` (None: its defaults).
+    Shapes, for B image-phrase queries, Q object queries and T_b instances of query b (T_max = max_b T_b):
+      pred.logits            (B, Q)           per-query logits, without presence
+      pred.boxes_cxcywh      (B, Q, 4)        cxcywh, normalised
+      targets.boxes_cxcywh   B x (T_b, 4)     cxcywh, normalised
+      score C                (B, Q, T_max)    columns t >= T_b are padding, never matched
+      returned MatchIndices  3 x (M,) long    any M; target_idx indexes the sum_b T_b packed targets
     A query may match several instances, as in the official implementation.
     """
 
-    def __init__(self, alpha: float = 0.3, threshold: float = 0.4, topk: int = 4) -> None:
-        self.alpha, self.threshold, self.topk = alpha, threshold, topk
+    def __init__(self, config: ObjectiveConfig | None = None) -> None:
+        """Read alpha, threshold and top-k from `config` (None: `ObjectiveConfig()`)."""
+        config = _config_or_default(config)
+        self.alpha, self.threshold, self.topk = config.o2m_alpha, config.o2m_threshold, config.o2m_topk
 
     @torch.no_grad()
     def __call__(self, pred: LayerPredictions, targets: ConceptTargets) -> MatchIndices:

@@ -11,11 +11,17 @@ For B image-phrase queries, L decoder layers and Q object queries:
 
 Phrases with no instance contribute only through presence (their per-query terms are zeroed). Every weight
 lives in `ObjectiveConfig`; the defaults are the official values. See docs/parity.md for what differs.
+
+Structure (as DETR's `SetCriterion`): one `loss_*` method per term returns named unweighted terms
+(`loss_labels`: IABCE, `loss_presence`: presence, `loss_boxes`: L1 + GIoU, `loss_masks`: focal + dice);
+`weight_dict` weighs them; one loop in `__call__` runs over decoder layers and branches (o2o, o2m). The
+matchers (sam3_model/matcher.py) are built from the same `ObjectiveConfig`, their only source of costs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -31,15 +37,19 @@ from .matcher import HungarianMatcher, MatchIndices, OneToManyMatcher
 from .point_sampling import point_sample, uncertain_points
 from .targets import ConceptTargets
 
+Matcher = Callable[[LayerPredictions, ConceptTargets], MatchIndices]  # `HungarianMatcher` or `OneToManyMatcher`
+
 
 @dataclass
 class ObjectiveConfig:
     """Weights and switches of the objective; defaults are the official SAM 3 fine-tuning values."""
 
-    # one-to-one matcher costs
+    # one-to-one matcher costs (the only source of `HungarianMatcher`'s weights)
     cost_class: float = 2.0
     cost_bbox: float = 5.0
     cost_giou: float = 2.0
+    cost_focal_alpha: float = 0.25  # focal class cost of the matcher: alpha and gamma
+    cost_focal_gamma: float = 2.0
     # loss weights
     loss_bbox: float = 5.0
     loss_giou: float = 2.0
@@ -62,6 +72,7 @@ class ObjectiveConfig:
     masks: bool = True  # mask focal + dice on the final layer, when targets carry masks
     one_to_many: bool = True  # DAC queries (needs `enable_dac` on the model)
     o2m_weight: float = 2.0
+    # one-to-many matcher (the only source of `OneToManyMatcher`'s settings)
     o2m_alpha: float = 0.3
     o2m_threshold: float = 0.4
     o2m_topk: int = 4
@@ -86,59 +97,80 @@ class Sam3Criterion:
     """Matches every decoder layer's predictions to the targets and sums the weighted SAM 3 loss terms."""
 
     def __init__(self, config: ObjectiveConfig | None = None) -> None:
+        """Build the one-to-one and one-to-many matchers from `config` (None: the official defaults)."""
         self.config = config or ObjectiveConfig()
+        self.matcher = HungarianMatcher(self.config)
+        self.o2m_matcher = OneToManyMatcher(self.config)
+
+    @property
+    def weight_dict(self) -> dict[str, float]:
+        """Weight of every term a `loss_*` method returns, from `ObjectiveConfig`."""
         c = self.config
-        self.matcher = HungarianMatcher(c.cost_class, c.cost_bbox, c.cost_giou)
-        self.o2m_matcher = OneToManyMatcher(c.o2m_alpha, c.o2m_threshold, c.o2m_topk)
+        return {"loss_bbox": c.loss_bbox, "loss_giou": c.loss_giou, "loss_ce": c.loss_ce,
+                "loss_presence": c.loss_presence, "loss_mask": c.loss_mask, "loss_dice": c.loss_dice}
 
-    # ----- loss terms, each normalised as in the official implementation ---------------------------------
-    def loss_boxes(self, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
-                   num_boxes: Tensor) -> dict[str, Tensor]:
-        """L1 on cxcywh (summed over coordinates) and 1 - GIoU, each summed over matches / num_boxes."""
-        src = pred.boxes_cxcywh[match.batch_idx, match.query_idx].float()  # (M, 4)
-        tgt = targets.packed_boxes_cxcywh().to(src)[match.target_idx]  # (M, 4)
-        src_xyxy = pred.boxes_xyxy[match.batch_idx, match.query_idx].float()
-        tgt_xyxy = targets.packed_boxes_xyxy().to(src)[match.target_idx]
-        return {
-            "loss_bbox": F.l1_loss(src, tgt, reduction="sum") / num_boxes,
-            "loss_giou": paired_giou_loss(src_xyxy, tgt_xyxy).sum() / num_boxes,
-        }
-
+    # ----- loss terms: one method each, unweighted, normalised as in the official implementation --------------
+    # Every `loss_*` takes (pred, targets, match, num_boxes, total_queries): per-instance terms divide by
+    # `num_boxes` (scalar), per-query terms by `total_queries` (default: this batch's B), as `get_loss` calls them.
     def loss_labels(self, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
-                    total_queries: int | None = None) -> dict[str, Tensor]:
-        """IoU-aware BCE on per-query logits (positive phrases only) and presence BCE (every phrase).
+                    num_boxes: Tensor | None = None, total_queries: int | None = None) -> dict[str, Tensor]:
+        """IoU-aware BCE on per-query logits (positive phrases only): {"loss_ce"}, a mean over B x Q.
 
-        Both are means over the batch's image-phrase queries; `total_queries` (default: this batch's) is the
+        `num_boxes` is unused (the term is a mean over queries); `total_queries` (default: this batch's B) is the
         count to divide by when `targets` is one chunk of a larger batch.
         """
         c = self.config
         logits = pred.logits.float()  # (B, Q)
-        prob = logits.sigmoid()
-        matched = torch.zeros_like(logits)
+        prob = logits.sigmoid()  # (B, Q)
+        matched = torch.zeros_like(logits)  # (B, Q) 1 at matched queries
         matched[match.batch_idx, match.query_idx] = 1.0
         with torch.no_grad():
             iou = paired_box_iou(pred.boxes_xyxy[match.batch_idx, match.query_idx].float(),
-                                 targets.packed_boxes_xyxy().to(logits)[match.target_idx])
+                                 targets.packed_boxes_xyxy().to(logits)[match.target_idx])  # (M,)
             soft = prob[match.batch_idx, match.query_idx] ** c.iou_target_alpha * iou ** (1 - c.iou_target_alpha)
-            soft_targets = matched.clone()
+            soft_targets = matched.clone()  # (B, Q) soft IoU-aware targets at matched queries, 0 elsewhere
             soft_targets[match.batch_idx, match.query_idx] = soft.clamp(min=0.01)
         positive = F.binary_cross_entropy_with_logits(logits, soft_targets, reduction="none") * matched * c.pos_weight
         negative = F.binary_cross_entropy_with_logits(logits, matched, reduction="none") * (1 - matched) \
             * prob ** c.negative_gamma
         has_instances = targets.has_instances.to(logits).unsqueeze(1)  # (B, 1): negatives learn via presence only
-        per_query = (positive + negative) * has_instances
+        per_query = (positive + negative) * has_instances  # (B, Q)
         queries = total_queries or per_query.shape[0]
         denominator = queries * max(per_query.shape[1], c.pad_queries or 0)
-        losses = {"loss_ce": per_query.sum() / denominator}
-        if pred.presence_logits is not None:
-            presence = sigmoid_focal_loss(pred.presence_logits.float(), has_instances,
-                                          alpha=c.presence_alpha, gamma=c.presence_gamma, reduction="none")
-            losses["loss_presence"] = presence.sum() / queries  # (B, 1) -> mean over the batch
-        return losses
+        return {"loss_ce": per_query.sum() / denominator}
+
+    def loss_presence(self, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
+                      num_boxes: Tensor | None = None, total_queries: int | None = None) -> dict[str, Tensor]:
+        """Presence focal BCE (every phrase, target: has an instance): {"loss_presence"}, a mean over B.
+
+        Only for predictions with presence logits (o2o). `match` and `num_boxes` are unused; `total_queries`
+        (default: this batch's B) is the count to divide by when `targets` is one chunk of a larger batch.
+        """
+        if pred.presence_logits is None:
+            raise ValueError("loss_presence needs presence logits; one-to-many predictions have none")
+        c = self.config
+        presence_logits = pred.presence_logits.float()  # (B, 1)
+        has_instances = targets.has_instances.to(presence_logits).unsqueeze(1)  # (B, 1) {0, 1}
+        presence = sigmoid_focal_loss(presence_logits, has_instances, alpha=c.presence_alpha,
+                                      gamma=c.presence_gamma, reduction="none")  # (B, 1)
+        queries = total_queries or presence.shape[0]
+        return {"loss_presence": presence.sum() / queries}  # (B, 1) -> mean over the batch
+
+    def loss_boxes(self, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
+                   num_boxes: Tensor, total_queries: int | None = None) -> dict[str, Tensor]:
+        """L1 on cxcywh (summed over coordinates) and 1 - GIoU: {"loss_bbox", "loss_giou"}, sums / num_boxes."""
+        src = pred.boxes_cxcywh[match.batch_idx, match.query_idx].float()  # (M, 4) cxcywh, normalised
+        tgt = targets.packed_boxes_cxcywh().to(src)[match.target_idx]  # (M, 4) cxcywh, normalised
+        src_xyxy = pred.boxes_xyxy[match.batch_idx, match.query_idx].float()  # (M, 4) xyxy, normalised
+        tgt_xyxy = targets.packed_boxes_xyxy().to(src)[match.target_idx]  # (M, 4) xyxy, normalised
+        return {
+            "loss_bbox": F.l1_loss(src, tgt, reduction="sum") / num_boxes,
+            "loss_giou": paired_giou_loss(src_xyxy, tgt_xyxy).sum() / num_boxes,
+        }
 
     def loss_masks(self, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
-                   num_boxes: Tensor) -> dict[str, Tensor]:
-        """Sigmoid focal (mean over pixels) and dice of matched masks, summed over matches / num_boxes."""
+                   num_boxes: Tensor, total_queries: int | None = None) -> dict[str, Tensor]:
+        """Sigmoid focal (mean over pixels) and dice of matched masks: {"loss_mask", "loss_dice"}, sums / num_boxes."""
         c = self.config
         src = pred.masks[match.batch_idx, match.query_idx].float()  # (M, h, w) logits
         tgt = targets.packed_masks()[match.target_idx]  # (M, H, W) binary, bool or float
@@ -146,27 +178,42 @@ class Sam3Criterion:
             points = uncertain_points(src, c.mask_points, c.mask_oversample_ratio, c.mask_importance_ratio)
             src_flat, tgt_flat = point_sample(src, points), point_sample(tgt.to(src), points)  # (M, K), soft
             focal = sigmoid_focal_loss(src_flat, tgt_flat, alpha=c.mask_focal_alpha, gamma=c.mask_focal_gamma,
-                                       reduction="none").mean(1)
-            prob = src_flat.sigmoid()
-            dice = 1 - (2 * (prob * tgt_flat).sum(1) + 1) / (prob.sum(1) + tgt_flat.sum(1) + 1)
+                                       reduction="none").mean(1)  # (M,)
+            prob = src_flat.sigmoid()  # (M, K)
+            dice = 1 - (2 * (prob * tgt_flat).sum(1) + 1) / (prob.sum(1) + tgt_flat.sum(1) + 1)  # (M,)
         else:  # every pixel of the target canvas: upsampled and reduced a few masks at a time (same values)
-            focal, dice = upsampled_focal_dice(src, tgt, c.mask_focal_alpha, c.mask_focal_gamma)
+            focal, dice = upsampled_focal_dice(src, tgt, c.mask_focal_alpha, c.mask_focal_gamma)  # (M,), (M,)
         return {"loss_mask": focal.sum() / num_boxes, "loss_dice": dice.sum() / num_boxes}
 
-    # ----- assembly ---------------------------------------------------------------------------------------
-    def _weights(self) -> dict[str, float]:
-        c = self.config
-        return {"loss_bbox": c.loss_bbox, "loss_giou": c.loss_giou, "loss_ce": c.loss_ce,
-                "loss_presence": c.loss_presence, "loss_mask": c.loss_mask, "loss_dice": c.loss_dice}
+    # ----- assembly -----------------------------------------------------------------------------------------
+    def get_loss(self, loss: str, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
+                 num_boxes: Tensor, total_queries: int | None = None) -> dict[str, Tensor]:
+        """Unweighted terms of `loss_<loss>` ("labels", "presence", "boxes" or "masks") for one layer of one branch."""
+        loss_map = {"labels": self.loss_labels, "presence": self.loss_presence, "boxes": self.loss_boxes,
+                    "masks": self.loss_masks}
+        return loss_map[loss](pred, targets, match, num_boxes=num_boxes, total_queries=total_queries)
 
-    def branch_terms(self, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
-                     num_boxes: Tensor, total_queries: int | None = None) -> dict[str, Tensor]:
-        """Unweighted loss terms of one layer of one branch (o2o or o2m)."""
-        terms = {**self.loss_boxes(pred, targets, match, num_boxes),
-                 **self.loss_labels(pred, targets, match, total_queries)}
-        if self.config.masks and pred.masks is not None and targets.masks is not None:
-            terms.update(self.loss_masks(pred, targets, match, num_boxes))
-        return terms
+    def losses_for(self, pred: LayerPredictions, targets: ConceptTargets) -> list[str]:
+        """The `loss_*` names that apply to one layer of one branch, in the order their terms are summed."""
+        losses = ["boxes", "labels"]
+        if pred.presence_logits is not None:  # o2o only: the one-to-many queries have no presence token
+            losses.append("presence")
+        if self.config.masks and pred.masks is not None and targets.masks is not None:  # final layer only
+            losses.append("masks")
+        return losses
+
+    def branches(self, outputs: DetectorOutputs) -> Iterator[tuple[str, int, LayerPredictions, Matcher, float]]:
+        """(branch, layer, predictions, matcher, weight) of every supervised decoder layer and branch, in order."""
+        c = self.config
+        num_layers = len(outputs.o2o)
+        for layer in range(num_layers):
+            final = layer == num_layers - 1
+            if not final and not c.aux_layers:
+                continue
+            yield "o2o", layer, outputs.o2o[layer], self.matcher, 1.0
+            if c.one_to_many and outputs.o2m:
+                # official: the one-to-many matcher on the final layer, Hungarian on the auxiliary layers
+                yield "o2m", layer, outputs.o2m[layer], self.o2m_matcher if final else self.matcher, c.o2m_weight
 
     def __call__(self, outputs: DetectorOutputs, targets: ConceptTargets, *, num_boxes: Tensor | None = None,
                  total_queries: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
@@ -176,31 +223,21 @@ class Sam3Criterion:
         (`global_num_boxes` of the batch) and `total_queries` (its query count): the chunk losses then sum to
         the loss of the whole batch.
         """
-        c = self.config
         device = outputs.final.logits.device
         targets = targets.to(device)
-        num_boxes = global_num_boxes(targets, device) if num_boxes is None else num_boxes.to(device)
+        num_boxes = global_num_boxes(targets, device) if num_boxes is None else num_boxes.to(device)  # scalar
         total_queries = total_queries or targets.batch_size
-        weights = self._weights()
-        num_layers = len(outputs.o2o)
+        weight_dict = self.weight_dict
         logged: dict[str, Tensor] = {}
         total = torch.zeros((), device=device)
-        for layer in range(num_layers):
-            final = layer == num_layers - 1
-            if not final and not c.aux_layers:
-                continue
-            branches = [("o2o", outputs.o2o[layer], self.matcher, 1.0)]
-            if c.one_to_many and outputs.o2m:
-                # official: the one-to-many matcher on the final layer, Hungarian on the auxiliary layers
-                branches.append(("o2m", outputs.o2m[layer], self.o2m_matcher if final else self.matcher,
-                                 c.o2m_weight))
-            for name, pred, matcher, scale in branches:
-                match = matcher(pred, targets)
-                for term, value in self.branch_terms(pred, targets, match, num_boxes, total_queries).items():
-                    weighted = scale * weights[term] * value
-                    logged[f"{name}/{term}/layer{layer}"] = weighted.detach()
+        for branch, layer, pred, matcher, scale in self.branches(outputs):
+            match = matcher(pred, targets)
+            for loss in self.losses_for(pred, targets):
+                for term, value in self.get_loss(loss, pred, targets, match, num_boxes, total_queries).items():
+                    weighted = scale * weight_dict[term] * value
+                    logged[f"{branch}/{term}/layer{layer}"] = weighted.detach()
                     total = total + weighted
-        if c.scale_by_sqrt_batch:
+        if self.config.scale_by_sqrt_batch:
             total = total * math.sqrt(total_queries)
         logged["num_boxes"] = num_boxes.detach()
         return total, logged

@@ -319,7 +319,8 @@ def test_classification_and_presence_by_hand():
     negative = bce(float(x[0, 1]), 0.0) * float(p[0, 1]) ** 2  # query 1's row is zeroed
     presence = 0.5 * (bce(0.7, 1.0) + bce(-0.3, 0.0)) / 2
 
-    got = Sam3Criterion().loss_labels(pred, targets, match)
+    criterion = Sam3Criterion()
+    got = {**criterion.loss_labels(pred, targets, match), **criterion.loss_presence(pred, targets, match)}
     assert close(got["loss_ce"], (positive + negative) / (2 * 3))  # intentional: averaged over the actual Q
     assert close(got["loss_presence"], presence)
     padded = Sam3Criterion(ObjectiveConfig(pad_queries=200)).loss_labels(pred, targets, match)
@@ -646,3 +647,104 @@ def test_mask_count_mismatch_raises():
     with pytest.raises(TargetError):
         ConceptTargets([boxes], [torch.zeros(2, 8)])  # not (T, H, W)
     ConceptTargets([boxes, torch.zeros(0, 4)], [torch.zeros(2, 8, 8), torch.zeros(0, 8, 8)])  # valid
+
+
+# ----- 11. structure: one loss_* per term, one weight dict, matchers configured by ObjectiveConfig only -----
+def test_presence_has_its_own_loss_method():
+    pred, targets, match = _two_query_case()
+    criterion = Sam3Criterion()
+    num_boxes = torch.tensor(2.0)
+    presence = criterion.loss_presence(pred, targets, match)
+    assert set(presence) == {"loss_presence"}
+    assert close(presence["loss_presence"], 0.5 * (bce(0.7, 1.0) + bce(-0.3, 0.0)) / 2)
+    assert set(criterion.loss_labels(pred, targets, match)) == {"loss_ce"}
+    assert set(criterion.loss_boxes(pred, targets, match, num_boxes)) == {"loss_bbox", "loss_giou"}
+    assert set(criterion.loss_masks(pred, targets, match, num_boxes)) == {"loss_mask", "loss_dice"}
+    # the classification term does not reach the presence logit, and presence reaches nothing else
+    criterion.loss_labels(pred, targets, match)["loss_ce"].backward()
+    assert pred.presence_logits.grad is None
+    presence["loss_presence"].backward()
+    assert torch.count_nonzero(pred.presence_logits.grad) == 2
+    with pytest.raises(ValueError):  # one-to-many predictions carry no presence logits
+        criterion.loss_presence(LayerPredictions(pred.logits, pred.boxes_cxcywh), targets, match)
+
+
+def test_loss_presence_is_the_only_source_of_presence_terms():
+    outputs, targets = _full_case()
+    criterion = Sam3Criterion()
+    _, logged = criterion(outputs, targets)
+    presence_keys = {k for k in logged if "loss_presence" in k}
+    assert presence_keys == {"o2o/loss_presence/layer0", "o2o/loss_presence/layer1"}
+    for layer, pred in enumerate(outputs.o2o):  # each logged presence term is loss_presence's, weighted
+        own = criterion.loss_presence(pred, targets, criterion.matcher(pred, targets))["loss_presence"]
+        assert close(logged[f"o2o/loss_presence/layer{layer}"], 20 * float(own))
+    criterion.loss_presence = lambda *args, **kwargs: {}  # silence it: no presence term is left anywhere
+    _, without = criterion(outputs, targets)
+    assert not any("loss_presence" in k for k in without)
+    assert set(without) == set(logged) - presence_keys
+    for key in without:
+        assert torch.equal(without[key], logged[key]), key
+
+
+def test_weight_dict_scales_only_its_term():
+    outputs, targets = _full_case()
+    base_total, base = Sam3Criterion()(outputs, targets)
+    for term in ("loss_ce", "loss_presence", "loss_bbox", "loss_giou", "loss_mask", "loss_dice"):
+        config = ObjectiveConfig(**{term: 2 * getattr(ObjectiveConfig(), term)})
+        assert Sam3Criterion(config).weight_dict[term] == 2 * WEIGHTS[term]
+        total, logged = Sam3Criterion(config)(outputs, targets)
+        assert set(logged) == set(base)
+        for key, value in logged.items():
+            factor = 2.0 if f"/{term}/" in key else 1.0
+            assert close(value, factor * float(base[key])), (term, key)
+        extra = sum(float(v) for k, v in base.items() if f"/{term}/" in k) * math.sqrt(targets.batch_size)
+        assert close(total, float(base_total) + extra, 1e-5), term
+
+
+def _cost_case():
+    """One target; query 0 sits on it with a low logit, query 1 is far from it with a high logit."""
+    target = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1]]])
+    logits = torch.tensor([[-3.0, 3.0]])
+    return LayerPredictions(logits, boxes), ConceptTargets([target])
+
+
+def test_matcher_costs_come_from_objective_config():
+    pred, targets = _cost_case()
+    box, tgt = pred.boxes_cxcywh[0], targets.boxes_cxcywh[0][0]
+
+    def hand(q: int, cost_bbox: float) -> float:
+        l1 = sum(abs(float(p) - float(t)) for p, t in zip(box[q], tgt))
+        return cost_bbox * l1 + 2 * focal_cost(float(pred.logits[0, q])) - 2 * iou_giou(box[q], tgt)[1]
+
+    for cost_bbox, expected_query in ((5.0, 0), (0.0, 1)):  # without the L1 cost the confident query wins
+        assert min(range(2), key=lambda q: hand(q, cost_bbox)) == expected_query
+        criterion = Sam3Criterion(ObjectiveConfig(cost_bbox=cost_bbox))
+        cost, _ = criterion.matcher.cost_matrix(pred, targets)
+        assert all(close(cost[0, q, 0], hand(q, cost_bbox)) for q in range(2))
+        assert pairs(criterion.matcher(pred, targets)) == [(0, expected_query, 0)]
+    # the default matcher is the default config's
+    assert pairs(HungarianMatcher()(pred, targets)) == pairs(HungarianMatcher(ObjectiveConfig())(pred, targets))
+
+
+def test_matcher_focal_cost_comes_from_objective_config():
+    pred, targets = _cost_case()
+    alpha, gamma = 0.6, 1.0
+    cost, _ = HungarianMatcher(ObjectiveConfig(cost_focal_alpha=alpha, cost_focal_gamma=gamma,
+                                               cost_bbox=0.0, cost_giou=0.0)).cost_matrix(pred, targets)
+    for q in range(2):
+        p = sig(float(pred.logits[0, q]))
+        expected = 2 * (-alpha * (1 - p) ** gamma * math.log(p) + (1 - alpha) * p ** gamma * math.log(1 - p))
+        assert close(cost[0, q, 0], expected), (q, float(cost[0, q, 0]), expected)
+
+
+def test_one_to_many_settings_come_from_objective_config():
+    outputs, targets = _full_case()
+    pred = outputs.o2m[1]
+    default = pairs(OneToManyMatcher()(pred, targets))
+    assert default == _o2m_expected(pred.logits, pred.boxes_cxcywh, targets.boxes_cxcywh)
+    for alpha, threshold, topk in ((0.3, 0.4, 1), (0.3, 0.0, 4), (0.8, 0.4, 4)):
+        config = ObjectiveConfig(o2m_alpha=alpha, o2m_threshold=threshold, o2m_topk=topk)
+        got = pairs(Sam3Criterion(config).o2m_matcher(pred, targets))
+        assert got == _o2m_expected(pred.logits, pred.boxes_cxcywh, targets.boxes_cxcywh, alpha, threshold, topk)
+        assert got != default, (alpha, threshold, topk)
