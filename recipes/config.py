@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from adapt.data.transforms import AugmentConfig
-from sam3_model.adapters import LoraSettings
+from adapt.training.module import TrainableConfig, ValidationConfig
+from adapt.training.optim import OptimizerConfig
+from adapt.training.schedules import ScheduleConfig
+from sam3_model.objective import ObjectiveConfig
 from sam3_model.configfile import dataclass_from_mapping, load_yaml_or_json
 from sam3_model.errors import ConfigError
 from sam3_model.loading import is_explicit_path
@@ -66,41 +69,31 @@ class HqData:
 
 @dataclass
 class TrainSettings:
-    """The fine-tuning preset every arm shares (LoRA budget or full) and where it runs."""
+    """How every arm fine-tunes, in `fit`'s vocabulary: the model sections `Sam3FineTuner` takes (trainable,
+    objective, optimizer, schedule, validation, phrase_chunk_size, image_size), the data keys of `Sam3DataModule`
+    (augment, num_workers), the Trainer's (precision, accelerator, devices, num_nodes, strategy), and the
+    recipe's own few keys (steps, batch size, negatives per draw, how many trainings run side by side)."""
 
-    mode: Literal["lora", "full", "heads"] = "lora"
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    frozen: list[str] = field(default_factory=lambda: ["text"])  # components kept frozen (full / lora)
-    activation_checkpointing: bool = False  # recompute ViT and text activations in backward (less GPU memory)
-    steps: int = 2000  # optimizer steps per training
-    max_minutes: float | None = None  # wall-clock cap per training (stops early; the result records the steps)
+    steps: int = 2000  # optimizer steps per training (the Trainer's max_steps)
     batch_size: int = 8  # images per step and device
-    lr: float = 8e-5
-    vision_lr: float = 2.5e-5
-    text_lr: float = 5e-6
-    layer_decay: float = 0.9
-    weight_decay: float = 0.1
-    schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"
-    warmup_steps: int = 20
     max_negatives: int | None = None  # annotated negative phrases kept per image draw
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    image_size: int | None = None  # model input side (None: the base model's)
-    phrase_chunk_size: int = 16  # phrase queries per detector pass (memory bound on GPUs)
-    precision: str = "bf16-mixed"
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    num_workers: int = 4  # data-loading workers per training
+    max_minutes: float | None = None  # wall-clock cap per training (stops early; the result records the steps)
     parallel_jobs: int = 1  # trainings run side by side (CPU: 2 one-thread jobs beat one two-thread job)
     threads_per_job: int | None = None  # torch threads per training (None: torch's default)
-
-
-@dataclass
-class EvaluateSettings:
-    """Evaluation on the held-out HQ test set (the same for every arm)."""
-
-    score_threshold: float = 0.5  # official cgF1 threshold on sigmoid(logit) x sigmoid(presence)
+    trainable: TrainableConfig = field(default_factory=TrainableConfig)  # model.trainable of `fit`
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # model.objective
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # model.optimizer
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # model.schedule
+    validation: ValidationConfig = field(default_factory=ValidationConfig)  # model.validation: how runs are scored
+    phrase_chunk_size: int = 16  # model.phrase_chunk_size: phrase queries per detector pass (memory bound)
+    image_size: int | None = None  # model.image_size (None: the base model's)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # data.augment
+    num_workers: int = 4  # data.num_workers: data-loading workers per training
+    precision: str = "bf16-mixed"  # trainer.precision
+    accelerator: str = "auto"  # trainer.accelerator
+    devices: int | str = "auto"  # trainer.devices
+    num_nodes: int = 1  # trainer.num_nodes
+    strategy: str = "auto"  # trainer.strategy (several devices: DDP, spawned, keeping unused parameters)
 
 
 @dataclass
@@ -133,7 +126,6 @@ class RecipeConfig:
     sizes: list[int] = field(default_factory=lambda: [100, 1000])  # domain training images per run (the sweep)
     seeds: list[int] = field(default_factory=lambda: [0])
     train: TrainSettings = field(default_factory=TrainSettings)
-    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     base_dir: str = "."  # set to the recipe file's folder on load
 

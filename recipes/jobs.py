@@ -1,8 +1,10 @@
 """One recipe run: fine-tune the base model on one arm's data (or not, for zero-shot), evaluate on the HQ test set.
 
 A `TrainJob` is plain data, so jobs can run side by side in worker processes. Each job writes into its own folder:
-`model/` (the trained weights: a LoRA adapter, or the merged model in full / heads mode), a W&B run, and last,
-atomically, `result.json`: the row of results.csv. A folder with `result.json` is finished work; a rerun skips it.
+`fit.yaml` (the `sam3-adapt fit` config that trains the same model: `sam3-adapt fit --config runs/.../fit.yaml`
+re-runs this arm alone), `model/` (the trained weights: a LoRA adapter, or the merged model in full / heads
+mode), a W&B run, and last, atomically, `result.json`: the row of results.csv. A folder with `result.json` is
+finished work; a rerun skips it.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapt.data.datamodule import DatasetSpec
-from sam3_model.atomic import atomic_write_text
-from synth.runner import quiet_lightning
+import yaml
 
-from .config import EvaluateSettings, TrackingSettings, TrainSettings
+from adapt.data.datamodule import DatasetSpec
+from adapt.training.trainer import build_trainer, quiet_lightning
+from sam3_model.atomic import atomic_write_text
+
+from .config import TrackingSettings, TrainSettings
 
 RESULT_NAME = "result.json"
 # Columns of results.csv, in order: the documented ones first.
@@ -42,7 +46,6 @@ class TrainJob:
     train_data: list[DatasetSpec] = field(default_factory=list)  # empty: zero-shot (evaluate only)
     domain_data: list[str] = field(default_factory=list)  # names of the train_data entries that are domain data
     settings: TrainSettings = field(default_factory=TrainSettings)
-    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     recipe: str = ""
     progress: bool = True
@@ -67,30 +70,46 @@ def _logger(job: TrainJob) -> Any:
                                "base_model": job.base_model, "train": asdict(job.settings)})
 
 
+def model_config(job: TrainJob) -> dict[str, Any]:
+    """The `model:` section of `fit` (Sam3FineTuner's arguments) this job trains with."""
+    s = job.settings
+    return {"model": job.base_model, "trainable": asdict(s.trainable), "objective": asdict(s.objective),
+            "optimizer": asdict(s.optimizer), "schedule": asdict(s.schedule), "validation": asdict(s.validation),
+            "phrase_chunk_size": s.phrase_chunk_size, "image_size": s.image_size, "seed": job.seed}
+
+
+def data_config(job: TrainJob) -> dict[str, Any]:
+    """The `data:` section of `fit` (Sam3DataModule's arguments): the arm's datasets, validated on the test set."""
+    s = job.settings
+    return {"train": [asdict(d) for d in job.train_data] or None, "val": [asdict(job.test)],
+            "batch_size": s.batch_size, "num_workers": s.num_workers, "augment": asdict(s.augment), "seed": job.seed}
+
+
+def trainer_config(job: TrainJob) -> dict[str, Any]:
+    """The Trainer keys every training of the job uses (also the `trainer:` section of its fit.yaml)."""
+    s = job.settings
+    return {"accelerator": s.accelerator, "devices": s.devices, "num_nodes": s.num_nodes, "strategy": s.strategy,
+            "precision": s.precision, "max_steps": s.steps, "enable_progress_bar": job.progress,
+            "max_time": {"minutes": s.max_minutes} if s.max_minutes else None,
+            "log_every_n_steps": min(50, s.steps)}
+
+
+def fit_config(job: TrainJob) -> dict[str, Any]:
+    """A `sam3-adapt fit` config that trains this job's model again (validated once, at the end, on the test set)."""
+    trainer = {**trainer_config(job), "default_root_dir": str(Path(job.out_dir) / "fit"),
+               "val_check_interval": job.settings.steps, "check_val_every_n_epoch": None}
+    if job.tracking.wandb == "disabled":
+        trainer["logger"] = False
+    return {"seed_everything": job.seed, "model": model_config(job), "data": data_config(job), "trainer": trainer}
+
+
 def _module(job: TrainJob) -> Any:
-    from adapt.training.module import Sam3FineTuner, TrainableConfig, ValidationConfig
-    from adapt.training.optim import OptimizerConfig
-    from adapt.training.schedules import ScheduleConfig
+    from adapt.training.module import Sam3FineTuner
 
     s = job.settings
-    return Sam3FineTuner(
-        model=job.base_model, trainable=TrainableConfig(mode=s.mode, lora=s.lora, frozen=list(s.frozen),
-                                  activation_checkpointing=s.activation_checkpointing),
-        optimizer=OptimizerConfig(lr=s.lr, vision_lr=s.vision_lr, text_lr=s.text_lr, layer_decay=s.layer_decay,
-                                  weight_decay=s.weight_decay),
-        schedule=ScheduleConfig(name=s.schedule, warmup_steps=min(s.warmup_steps, max(0, s.steps - 1))),
-        validation=ValidationConfig(score_threshold=job.evaluate.score_threshold),
-        phrase_chunk_size=s.phrase_chunk_size, image_size=s.image_size, seed=job.seed)
-
-
-def _strategy(settings: TrainSettings) -> str:
-    """DDP jobs are spawned (a recipe is not a script DDP could re-run) and keep SAM 3's unused parameters."""
-    from adapt.training.cli import _num_devices
-
-    many = settings.num_nodes > 1 or _num_devices(settings.devices, settings.accelerator) > 1
-    if many and settings.strategy in ("auto", "ddp", "ddp_spawn"):
-        return "ddp_spawn_find_unused_parameters_true"
-    return settings.strategy
+    return Sam3FineTuner(model=job.base_model, trainable=s.trainable, objective=s.objective, optimizer=s.optimizer,
+                         schedule=s.schedule, validation=s.validation, phrase_chunk_size=s.phrase_chunk_size,
+                         image_size=s.image_size, seed=job.seed)
 
 
 def run_job(job: TrainJob) -> dict[str, Any]:
@@ -120,31 +139,30 @@ def _run_job(job: TrainJob) -> dict[str, Any]:
     s = job.settings
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if job.train_data:
+        atomic_write_text(out / "fit.yaml", yaml.safe_dump(fit_config(job), sort_keys=False))
     L.seed_everything(job.seed, workers=True, verbose=False)
     module = _module(job)
     data = Sam3DataModule(train=job.train_data or None, val=[job.test], batch_size=s.batch_size,
                           num_workers=s.num_workers, augment=s.augment, seed=job.seed)
     logger = _logger(job)
-    common = dict(default_root_dir=str(out), accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes,
-                  strategy=_strategy(s), precision=s.precision, logger=logger, enable_model_summary=False,
-                  enable_progress_bar=job.progress)
+    settings = trainer_config(job)
     seconds, steps = 0.0, 0
     if job.train_data:
-        trainer = L.Trainer(**common, max_steps=s.steps,
-                            max_time={"minutes": s.max_minutes} if s.max_minutes else None,
-                            enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
-                            gradient_clip_val=0.1, log_every_n_steps=min(50, s.steps))
+        trainer = build_trainer(spawn=True, quiet=True, default_root_dir=str(out), logger=logger, **settings,
+                                enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0)
         start = time.perf_counter()
         trainer.fit(module, datamodule=data)
         seconds, steps = time.perf_counter() - start, int(trainer.global_step)
-    evaluator = L.Trainer(**{**common, "devices": 1 if s.accelerator == "cpu" else common["devices"]},
-                          limit_val_batches=None)
+    evaluation = {k: v for k, v in settings.items() if k not in ("max_steps", "max_time", "log_every_n_steps")}
+    evaluator = build_trainer(spawn=True, quiet=True, default_root_dir=str(out), logger=logger,
+                              **{**evaluation, "devices": 1 if s.accelerator == "cpu" else s.devices})
     metrics = evaluator.validate(module, datamodule=data, verbose=False)[0]
     domain_images = _domain_images(data, job)
     card = ModelCardInfo(base_model=job.base_model, data=f"{job.arm} ({job.mix} mix), {domain_images} images",
                          recipe=job.recipe, metrics={k: float(metrics[f"val/{v}"]) for k, v in METRICS.items()})
     if job.train_data:
-        if s.mode == "lora":
+        if s.trainable.mode == "lora":
             export_adapter(module.model, out / "model", card)
         else:
             export_merged(module.model, module.processor, out / "model", card)
@@ -152,7 +170,7 @@ def _run_job(job: TrainJob) -> dict[str, Any]:
               **{k: round(float(metrics[f"val/{v}"]), 4) for k, v in METRICS.items()},
               "mix": job.mix, "steps": steps, "train_seconds": round(seconds, 1), "run": job.name,
               "requested_images": job.size, "all_metrics": {k: round(float(v), 4) for k, v in metrics.items()},
-              "model": str(out / "model") if job.train_data else job.base_model, "mode": s.mode}
+              "model": str(out / "model") if job.train_data else job.base_model, "mode": s.trainable.mode}
     if logger:
         import wandb
 

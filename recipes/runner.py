@@ -114,7 +114,7 @@ class RecipeRun:
         neg = r.train.max_negatives
         phrases = list(self.ontology().phrases())  # domain data is scored on the ontology's phrases only
         common = dict(base_model=base, test=datasets["test"].spec(name="hq-test", phrases=phrases), settings=r.train,
-                      evaluate=r.evaluate, tracking=r.tracking, recipe=r.name, progress=self.progress)
+                      tracking=r.tracking, recipe=r.name, progress=self.progress)
         jobs = []
         if "zero-shot" in r.arms:
             jobs.append(TrainJob(name="zero-shot", arm="zero-shot", mix="none", size=0, seed=r.seeds[0],

@@ -8,29 +8,17 @@ so Lightning puts them on the rank's device; the strategies are those of trainin
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from adapt.training.trainer import build_trainer, quiet_lightning
+
 from .shards import RunDir
 from .stages import Stage
-
-
-@contextmanager
-def quiet_lightning():
-    """Hide Lightning's per-Trainer banner lines ("GPU available", tips): a run builds one Trainer per stage."""
-    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 class _Shards(Dataset):
@@ -84,9 +72,9 @@ def run_stage(
     if not pending:
         return 0
     with quiet_lightning():
-        trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                            logger=False, enable_checkpointing=False, enable_model_summary=False,
-                            enable_progress_bar=progress, use_distributed_sampler=True)
+        trainer = build_trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                                precision="32-true", logger=False, enable_checkpointing=False, quiet=True,
+                                enable_progress_bar=progress, use_distributed_sampler=True)
         loader = DataLoader(_Shards(pending), batch_size=None, shuffle=False, num_workers=0)
         trainer.predict(ShardPredictor(stage, run_dir, read_input), loader, return_predictions=False)
     return len(pending)

@@ -89,7 +89,7 @@ def test_every_builtin_recipe_loads_with_valid_data_engine_sections(name):
 def test_the_real_recipes_run_the_papers_study_on_sam3_and_a_gpu(name):
     recipe = load_recipe(name)
     assert recipe.base_model == "facebook/sam3"
-    assert (recipe.train.accelerator, recipe.train.mode, recipe.train.precision) == ("gpu", "lora", "bf16-mixed")
+    assert (recipe.train.accelerator, recipe.train.trainable.mode, recipe.train.precision) == ("gpu", "lora", "bf16-mixed")
     assert recipe.synth.accelerator == "gpu" and recipe.train.parallel_jobs == 1
     assert recipe.arms == list(ARMS) and recipe.mixes == ["none", "general"] and recipe.seeds == [0, 1, 2]
     assert recipe.sizes == sorted(recipe.sizes) and len(recipe.sizes) == 3
@@ -303,7 +303,8 @@ def test_load_recipe_merges_overrides_key_by_key():
     recipe = load_recipe("demo", parse_sets(["train.steps=50", "sizes=[20, 40]", "hq.train.toy.num_images=5"]))
     assert recipe.train.steps == 50 and recipe.sizes == [20, 40]
     assert recipe.train.batch_size == shipped["train"]["batch_size"]  # siblings of an overridden key stay
-    assert recipe.train.lr == shipped["train"]["lr"] and recipe.train.accelerator == shipped["train"]["accelerator"]
+    assert recipe.train.optimizer.lr == shipped["train"]["optimizer"]["lr"]
+    assert recipe.train.accelerator == shipped["train"]["accelerator"]
     assert recipe.hq.train.toy == {**shipped["hq"]["train"]["toy"], "num_images": 5}
     assert recipe.hq.test.toy == shipped["hq"]["test"]["toy"]
     assert load_recipe("demo").train.steps == shipped["train"]["steps"]  # the file itself is untouched

@@ -135,3 +135,25 @@ def test_the_shipped_demo_base_is_a_plain_transformers_checkpoint():
     model = Sam3Model.from_pretrained(base)
     assert model.config.vision_config.backbone_config.image_size == training["training"]["size"]
     assert training["test_metrics"]["val/cgF1"] > 0.1  # it learned its general concepts
+
+
+def test_each_run_writes_the_fit_config_that_retrains_it(demo_run, tmp_path):
+    """`sam3-adapt fit --config runs/<run>/fit.yaml` trains the arm again: same steps, same test scores."""
+    import yaml
+
+    from adapt.cli import main
+
+    out, first, _, _, _ = demo_run
+    row = next(r for r in first.rows if r["arm"] == "hq")
+    config = yaml.safe_load((out / "runs" / row["run"] / "fit.yaml").read_text())
+    assert config["model"]["trainable"]["mode"] == "full" and config["trainer"]["max_steps"] == 2
+    config["trainer"]["default_root_dir"] = str(tmp_path / "again")
+    config["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger"}
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(tmp_path / "fit.yaml")]) == 0
+    import csv
+
+    (metrics,) = (tmp_path / "again").glob("version_*/metrics.csv")
+    last = [r for r in csv.DictReader(metrics.open()) if r.get("val/cgF1")][-1]
+    for column, key in (("cgF1", "val/cgF1"), ("pmF1", "val/pmF1"), ("IL_MCC", "val/IL_MCC"), ("AP", "val/AP_mask")):
+        assert float(last[key]) == pytest.approx(float(row[column]), abs=1e-3), column

@@ -26,16 +26,15 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from adapt.data.datamodule import Sam3DataModule
 from adapt.training.checkpoints import remove_leftover_temporaries
 from adapt.training.module import Sam3FineTuner
+from adapt.training.trainer import TRAINER_DEFAULTS, select_strategy
 from sam3_model.errors import ConfigError
 from sam3_model.notices import notice
 
 SUBCOMMANDS = ("fit", "validate", "test")
 
-TRAINER_DEFAULTS: dict[str, Any] = {
+CLI_DEFAULTS: dict[str, Any] = {  # the shared TRAINER_DEFAULTS, plus what only `fit` needs
+    **TRAINER_DEFAULTS,
     "default_root_dir": "runs/fit",
-    "precision": "bf16-mixed",
-    "gradient_clip_val": 0.1,  # official: clip_grad_norm_(all params, 0.1)
-    "log_every_n_steps": 10,
     "logger": {"class_path": "lightning.pytorch.loggers.WandbLogger",
                "init_args": {"project": "sam3-adapt", "offline": True}},
     "plugins": [{"class_path": "adapt.training.checkpoints.AtomicCheckpointIO"}],
@@ -85,25 +84,9 @@ class Sam3CLI(LightningCLI):
             init_args = logger.get("init_args") if hasattr(logger, "get") else None
             if init_args is not None and init_args.get("save_dir") in (None, ".", ""):
                 init_args["save_dir"] = root  # logs live in the run directory, beside the checkpoints
-        nodes = int(trainer.get("num_nodes") or 1)
-        many = nodes > 1 or _num_devices(trainer.get("devices"), trainer.get("accelerator")) > 1
-        if many and trainer.get("strategy") in (None, "auto", "ddp"):
-            trainer["strategy"] = "ddp_find_unused_parameters_true"
-
-
-def _num_devices(devices: Any, accelerator: Any) -> int:
-    """How many devices a Trainer would use for `devices` ("auto", -1, an int, a list or "0,1")."""
-    if isinstance(devices, (list, tuple)):
-        return len(devices)
-    text = str(devices if devices is not None else "auto").strip()
-    if text in ("auto", "-1"):
-        import torch
-
-        on_gpu = str(accelerator or "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        return torch.cuda.device_count() if on_gpu else 1
-    if "," in text:
-        return len([d for d in text.split(",") if d.strip()])
-    return int(text) if text.isdigit() else 1
+        if isinstance(trainer.get("strategy"), (str, type(None))):  # the strategy rule every trainer follows
+            trainer["strategy"] = select_strategy(trainer.get("strategy"), trainer.get("devices"),
+                                                  trainer.get("accelerator"), trainer.get("num_nodes"))
 
 
 def _as_list(value: Any) -> list:
@@ -132,7 +115,7 @@ def run_lightning_cli(args: list[str]) -> None:
     try:
         cli = Sam3CLI(
             Sam3FineTuner, Sam3DataModule, args=None if args == sys.argv[1:] else args, seed_everything_default=0,
-            trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
+            trainer_defaults=CLI_DEFAULTS, save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "sam3-adapt", "exit_on_error": False,
                            **{verb: {"exit_on_error": False} for verb in SUBCOMMANDS}}, run=True,
         )
