@@ -108,6 +108,7 @@ def train_base(out: str | Path, cfg: BaseTraining, work: str | Path | None = Non
     """Render general toy data, train `cfg.preset` from scratch, evaluate, save to `out`; returns the metrics."""
     from adapt.data.datamodule import DatasetSpec, Sam3DataModule
     from adapt.data.transforms import AugmentConfig
+    from adapt.training.trainer import build_trainer
 
     torch.set_num_threads(cfg.threads)
     out = Path(out)
@@ -123,15 +124,16 @@ def train_base(out: str | Path, cfg: BaseTraining, work: str | Path | None = Non
     data = Sam3DataModule(train=[DatasetSpec(str(train_json), max_negatives=cfg.max_negatives)],
                           val=[DatasetSpec(str(test_json))], batch_size=cfg.batch_size, num_workers=1,
                           augment=AugmentConfig(scale_jitter=False), seed=cfg.seed)
-    trainer = L.Trainer(default_root_dir=str(work), accelerator="cpu", max_steps=cfg.steps,
-                        max_time={"minutes": cfg.minutes},
-                        precision="32-true", logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                        limit_val_batches=0, enable_model_summary=False, log_every_n_steps=50)
+    trainer = build_trainer(default_root_dir=str(work), accelerator="cpu", max_steps=cfg.steps,
+                            max_time={"minutes": cfg.minutes}, gradient_clip_val=None,  # the base was trained unclipped
+                            precision="32-true", logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
+                            limit_val_batches=0, quiet=True, log_every_n_steps=50)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     seconds = time.perf_counter() - start
     steps = trainer.global_step
-    evaluator = L.Trainer(default_root_dir=str(work), accelerator="cpu", logger=False, enable_model_summary=False, enable_progress_bar=False)
+    evaluator = build_trainer(default_root_dir=str(work), accelerator="cpu", precision="32-true", logger=False,
+                              quiet=True, enable_progress_bar=False)
     metrics = {k: float(v) for k, v in evaluator.validate(module, datamodule=data, verbose=False)[0].items()}
 
     model = module.model.eval()
