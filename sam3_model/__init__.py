@@ -1,21 +1,30 @@
-"""SAM 3 on transformers' `Sam3Model`: loading, prompting, the official training objective, LoRA, export."""
+"""SAM 3 on transformers' `Sam3Model`: loading, prompting, the official training objective, LoRA, export.
 
-from .adapters import LoraSettings, freeze_components, prepare_for_training
-from .dac import enable_dac
-from .detector import DetectorOutputs, LayerPredictions, run_detector
-from .errors import ConfigError, ImageError, ModelLoadError, PromptError, Sam3AdaptError, TargetError
-from .export import export_adapter, export_merged, export_video
-from .loading import build_processor, load_model
-from .model_card import ModelCardInfo
-from .objective import ObjectiveConfig, Sam3Criterion
-from .predict import ConceptSegmenter, write_coco_results
-from .records import ConceptPrompt, ConceptResult, Instance
-from .targets import ConceptTargets
+The floor of the project: it knows SAM 3 and nothing of Lightning, datasets on disk or recipes. Names are
+imported on first use (`sam3_model.load_model` imports torch then), so `import sam3_model.configs` and the
+command line's help stay fast.
+"""
 
-__all__ = [
-    "ConceptPrompt", "ConceptResult", "ConceptSegmenter", "ConceptTargets", "ConfigError", "DetectorOutputs",
-    "ImageError", "Instance", "LayerPredictions", "LoraSettings", "ModelCardInfo", "ModelLoadError",
-    "ObjectiveConfig", "PromptError", "Sam3AdaptError", "Sam3Criterion", "TargetError", "build_processor",
-    "enable_dac", "export_adapter", "export_merged", "export_video", "freeze_components", "load_model",
-    "prepare_for_training", "run_detector", "write_coco_results",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LoraSettings": "adapters", "freeze_components": "adapters", "prepare_for_training": "adapters",
+    "enable_dac": "dac", "DetectorOutputs": "detector", "LayerPredictions": "detector", "run_detector": "detector",
+    "ConfigError": "errors", "ImageError": "errors", "ModelLoadError": "errors", "PromptError": "errors",
+    "Sam3AdaptError": "errors", "TargetError": "errors", "export_adapter": "export", "export_merged": "export",
+    "export_video": "export", "build_processor": "loading", "load_model": "loading", "ModelCardInfo": "model_card",
+    "ObjectiveConfig": "objective", "Sam3Criterion": "objective", "ConceptSegmenter": "predict",
+    "write_coco_results": "predict", "ConceptPrompt": "records", "ConceptResult": "records", "Instance": "records",
+    "ConceptTargets": "targets",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines `name` on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sam3_model' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -41,6 +41,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from .errors import ConfigError
+from .settings import LoraSettings
 
 COMPONENTS: dict[str, tuple[str, ...]] = {
     "vision": ("vision_encoder.",),
@@ -77,16 +78,6 @@ LORA_PRESETS: dict[str, str] = {
 }
 HEAD_MODULES: tuple[str, ...] = ("dot_product_scoring", "box_head", "presence_head", "presence_layer_norm")
 PRESET_MODULES_TO_SAVE: dict[str, tuple[str, ...]] = {"all_attn_heads": HEAD_MODULES}
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA hyper-parameters: a preset from `LORA_PRESETS`, rank, alpha and dropout."""
-
-    preset: str = "all_attn"
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
 
 
 def base_model(model: nn.Module) -> nn.Module:

@@ -4,14 +4,13 @@ Both take one layer's predictions for B queries (Q object queries each) and the 
 and return `MatchIndices`: parallel 1-D tensors (batch_idx, query_idx, target_idx), where target_idx indexes
 the targets packed over the batch (`ConceptTargets.packed_boxes_cxcywh()`).
 
-Every cost weight and hyper-parameter is read from `ObjectiveConfig` (sam3_model/objective.py); this module
+Every cost weight and hyper-parameter is read from `ObjectiveConfig` (sam3_model/settings.py); this module
 keeps no defaults of its own, so the matchers cannot drift from the objective's configuration.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,10 +21,8 @@ from torchvision.ops import box_iou, generalized_box_iou
 
 from .boxes import cxcywh_to_xyxy
 from .detector import LayerPredictions
+from .settings import ObjectiveConfig
 from .targets import ConceptTargets
-
-if TYPE_CHECKING:  # objective.py imports this module: import its config lazily at run time
-    from .objective import ObjectiveConfig
 
 
 @dataclass
@@ -59,7 +56,6 @@ def _config_or_default(config: ObjectiveConfig | None) -> ObjectiveConfig:
     """`config`, or the default `ObjectiveConfig()` (the official values) when None."""
     if config is not None:
         return config
-    from .objective import ObjectiveConfig  # lazy: objective.py imports this module
 
     return ObjectiveConfig()
 

@@ -27,35 +27,11 @@ from adapt.data.readers import read_dataset
 from adapt.data.records import ImageSample
 from adapt.data.transforms import AugmentConfig, EvalTransform, TrainTransform
 from sam3_model.errors import ConfigError
-from sam3_model.formats import CategoryRules
+from adapt.settings import DatasetSpec
 from sam3_model.images import load_image
 from sam3_model.tokenizer import build_offline_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DatasetSpec:
-    """One dataset: its annotation file and how it enters the mix."""
-
-    path: str  # COCO instance JSON or SA-Co JSON
-    format: str = "auto"  # "coco", "saco" or "auto" (detected)
-    images: str | None = None  # image folder; default: the JSON's folder
-    name: str | None = None  # default: the JSON's file stem
-    weight: float = 1.0  # share of training draws, relative to the other training datasets
-    max_images: int | None = None  # keep a fixed subset of this many images (data-size sweeps)
-    hard_negatives: list[str] = field(default_factory=list)  # phrases absent from this dataset's images
-    negatives_per_image: int = 3  # hard negatives sampled into each image's prompts (when the list is given)
-    max_negatives: int | None = None  # training: keep at most this many annotated negative phrases per image draw
-    phrases: list[str] | None = None  # keep only these phrases (e.g. a recipe's ontology); images left with none go
-    exclude_categories: list[str] = field(default_factory=list)  # COCO category names left out with their annotations
-    keep_placeholder_categories: bool = False  # keep Roboflow's root category and labelme's _background_ as phrases
-
-    def category_rules(self) -> CategoryRules:
-        """Which COCO categories are phrases: the same rules `sam3-adapt eval` applies to the same file."""
-        return CategoryRules(exclude=tuple(self.exclude_categories),
-                             keep_only=None if self.phrases is None else tuple(self.phrases),
-                             keep_placeholders=self.keep_placeholder_categories)
 
 
 def keep_phrases(samples: list[ImageSample], phrases: list[str]) -> list[ImageSample]:

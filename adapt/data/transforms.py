@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from adapt.settings import AugmentConfig
 from sam3_model.errors import ConfigError, ImageError, TargetError
 
 OFFICIAL_CANVAS = 1008
@@ -37,30 +38,6 @@ OFFICIAL_SIZES = tuple(range(480, 993, 32))  # 17 sides for the 1008 canvas
 _MEAN = _STD = (0.5, 0.5, 0.5)
 # T binary (H, W) uint8 masks: a list, or one (T, H, W) array (saves a copy; C-contiguous masks resize fastest).
 Masks = Sequence[np.ndarray] | np.ndarray
-
-
-@dataclass
-class AugmentConfig:
-    """Train-time augmentation. Flips and colour jitter are extras; the official recipe has neither.
-
-    `color_jitter` is a strength s: brightness, contrast and saturation factors uniform in [max(0, 1 - s), 1 + s],
-    hue shift uniform in [-s/4, s/4] (capped at 0.5), applied to every image; 0 turns it off.
-    `scale_jitter` True is the official random square resize + random pad; False is a plain resize to S x S.
-    """
-
-    hflip: float = 0.0  # probability
-    vflip: float = 0.0  # probability
-    color_jitter: float = 0.0  # strength; 0 = off
-    scale_jitter: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("hflip", "vflip"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-                raise ConfigError(f"augment.{name} must be a probability in [0, 1], got {value!r}")
-        if not (isinstance(self.color_jitter, (int, float)) and math.isfinite(self.color_jitter)
-                and self.color_jitter >= 0):
-            raise ConfigError(f"augment.color_jitter must be a finite strength >= 0, got {self.color_jitter!r}")
 
 
 @dataclass

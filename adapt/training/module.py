@@ -26,6 +26,7 @@ from adapt.training.random_state import RandomStateCheckpoint
 from adapt.training.schedules import ScheduleConfig, build_scheduler
 from adapt.training.validation import QueryPrediction, compute_metrics, gather_predictions, panel_results, \
     query_predictions
+from adapt.settings import MODES, TrainableConfig, ValidationConfig
 from sam3_model.adapters import COMPONENTS, LoraSettings, prepare_for_training
 from sam3_model.dac import enable_dac
 from sam3_model.detector import DetectorOutputs, run_detector
@@ -34,27 +35,6 @@ from sam3_model.loading import DEFAULT_HUB_ID, load_model
 from sam3_model.objective import ObjectiveConfig, Sam3Criterion, global_num_boxes
 from sam3_model.presets import input_size
 
-MODES = ("lora", "full", "heads")
-
-
-@dataclass
-class ValidationConfig:
-    """How validation predicts: score threshold of the cgF1 family, what COCO AP sees, the image panel."""
-
-    score_threshold: float = 0.5  # official cgF1 threshold on sigmoid(logit) x sigmoid(presence)
-    min_score: float = 0.05  # predictions below this are dropped before COCO AP (and never reach cgF1)
-    max_detections: int = 100  # per (image, phrase), as COCO AP's maxDets
-    panel_images: int = 4  # validation images drawn with their predicted masks (W&B panel or PNGs)
-
-
-@dataclass
-class TrainableConfig:
-    """What trains: mode, LoRA, frozen components, activation checkpointing."""
-
-    mode: str = "lora"  # "lora" (adapters), "full" (every parameter outside `frozen`), "heads" (heads only)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    frozen: list[str] = field(default_factory=lambda: ["text"])  # components kept frozen (see sam3_model.adapters)
-    activation_checkpointing: bool = False  # ViT and text layers recompute activations in backward
 
 
 def _index_vision(vision: Sam3VisionEncoderOutput, index: Tensor) -> Sam3VisionEncoderOutput:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from sam3_model.adapters import base_model
+from adapt.settings import OptimizerConfig
 from sam3_model.errors import ConfigError
 
 PEFT_PREFIX = "base_model.model."
@@ -40,29 +41,6 @@ _VIT_POS = f"{_VIT}embeddings.position_embeddings"  # official pos_embed: scale 
 _NECK = "vision_encoder.neck."
 _TEXT = ("text_encoder.", "text_projection.")
 
-
-@dataclass
-class OptimizerConfig:
-    """AdamW settings: base lrs per component, ViT layer-wise decay, weight decay (defaults: the official recipe)."""
-
-    lr: float = 8e-5  # everything but the vision and text encoders
-    vision_lr: float = 2.5e-5
-    text_lr: float = 5e-6
-    layer_decay: float = 0.9
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-
-    def __post_init__(self) -> None:
-        for field in ("lr", "vision_lr", "text_lr", "weight_decay"):
-            if getattr(self, field) < 0:
-                raise ConfigError(f"optimizer {field}={getattr(self, field)} is negative; use a value >= 0")
-        if not 0.0 < self.layer_decay <= 1.0:
-            raise ConfigError(f"optimizer layer_decay={self.layer_decay} must be in (0, 1] (1 disables the decay)")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"optimizer betas={self.betas} must be two values in [0, 1)")
-        if self.eps <= 0:
-            raise ConfigError(f"optimizer eps={self.eps} must be > 0")
 
 
 def strip_peft_prefix(name: str) -> str:

@@ -12,31 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from adapt.settings import SCHEDULES, ScheduleConfig
 from sam3_model.errors import ConfigError
 
-SCHEDULES: tuple[str, ...] = ("inverse_sqrt", "cosine", "constant")
 
-
-@dataclass
-class ScheduleConfig:
-    """Which schedule, and its warmup / timescale / cooldown in optimizer steps (defaults: the official recipe)."""
-
-    name: str = "inverse_sqrt"  # one of SCHEDULES
-    warmup_steps: int = 20
-    timescale: int = 20  # inverse_sqrt only
-    cooldown_steps: int = 20  # inverse_sqrt only: linear ramp to 0 over the last steps
-    min_lr_ratio: float = 0.0  # cosine only: final factor at total_steps
-
-    def __post_init__(self) -> None:
-        if self.name not in SCHEDULES:
-            raise ConfigError(f"unknown lr schedule {self.name!r}: choose from {', '.join(SCHEDULES)}")
-        for field in ("warmup_steps", "cooldown_steps"):
-            if getattr(self, field) < 0:
-                raise ConfigError(f"schedule {field}={getattr(self, field)} is negative; use a value >= 0")
-        if self.timescale <= 0:
-            raise ConfigError(f"schedule timescale={self.timescale} must be > 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"schedule min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
 
 
 def _warmup(step: int, warmup: int) -> float:

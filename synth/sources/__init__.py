@@ -1,26 +1,24 @@
-"""Image sources: where a synthetic-data run's images come from (see `base` for the contract)."""
+"""Image sources: where a synthetic-data run's images come from (see `base` for the contract).
 
-from .base import ExactInstance, ImageSource, ProducedImage, SourceSkip, Task
-from .copy_paste import CopyPasteConfig, CopyPasteSource
-from .generate import GenerateConfig, GenerateSource, InpaintConfig
-from .pool import PoolConfig, PoolSource
-from .toy import ToyConfig, ToySource, parse_toy_phrase, render_toy_image
+Names are imported on first use, so reading a config does not import every source's dependencies.
+"""
 
-__all__ = [
-    "CopyPasteConfig",
-    "CopyPasteSource",
-    "ExactInstance",
-    "GenerateConfig",
-    "GenerateSource",
-    "ImageSource",
-    "InpaintConfig",
-    "PoolConfig",
-    "PoolSource",
-    "ProducedImage",
-    "SourceSkip",
-    "Task",
-    "ToyConfig",
-    "ToySource",
-    "parse_toy_phrase",
-    "render_toy_image",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ExactInstance": "base", "ImageSource": "base", "ProducedImage": "base", "SourceSkip": "base", "Task": "base",
+    "CopyPasteConfig": "copy_paste", "CopyPasteSource": "copy_paste", "GenerateConfig": "generate",
+    "GenerateSource": "generate", "InpaintConfig": "generate", "PoolConfig": "pool", "PoolSource": "pool",
+    "ToyConfig": "toy", "ToySource": "toy", "parse_toy_phrase": "toy", "render_toy_image": "toy",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines `name` on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'synth.sources' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
