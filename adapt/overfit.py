@@ -1,6 +1,7 @@
 """Sanity job: fit one synthetic image-phrase pair with SAM 3's official objective, then export the result.
 
-It exercises the whole model layer (loading, DAC, the objective, LoRA, export) in about a minute on a CPU
+It exercises the whole model layer (loading, DAC, the objective, LoRA, export) and the training path of
+`sam3-adapt fit` (`Sam3FineTuner` run by a Lightning `Trainer` from `build_trainer`) in about a minute on a CPU
 with the `tiny` preset, and shows the objective trains: loss curve, final mask IoU and score.
 """
 
@@ -8,24 +9,27 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset
 
-from sam3_model.adapters import LoraSettings, disable_dropout, prepare_for_training
-from sam3_model.dac import enable_dac
-from sam3_model.detector import run_detector
-from sam3_model.export import export_merged
-from sam3_model.loading import load_model
+from adapt.data.batch import PhraseCollator, PhraseItem, SampleMeta
+from adapt.settings import OptimizerConfig, ScheduleConfig, TrainableConfig
+from adapt.training.module import Sam3FineTuner
+from adapt.training.trainer import TRAINER_DEFAULTS, build_trainer, quiet_lightning
+from sam3_model.adapters import LoraSettings, disable_dropout
 from sam3_model.atomic import atomic_write_text
+from sam3_model.export import export_merged
 from sam3_model.model_card import ModelCardInfo
-from sam3_model.objective import ObjectiveConfig, Sam3Criterion
-from sam3_model.presets import input_size
 from sam3_model.targets import ConceptTargets
 
 
@@ -58,34 +62,91 @@ def pair_inputs(processor, pair: ToyPair) -> dict[str, torch.Tensor]:
     return {k: encoded[k] for k in ("pixel_values", "input_ids", "attention_mask")}
 
 
-def fit_pair(model: torch.nn.Module, processor, pair: ToyPair, steps: int, lr: float,
-             objective: ObjectiveConfig | None = None, progress: bool = False) -> list[float]:
-    """Train `model` on the pair for `steps` AdamW steps with cosine decay; returns the loss of every step."""
-    disable_dropout(model)  # overfitting one pair measures the objective, not regularisation
-    enable_dac(model)
-    model.train()
-    inputs = pair_inputs(processor, pair)
-    criterion = Sam3Criterion(objective)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    losses = []
-    for _ in tqdm(range(steps), desc="fit", disable=not progress):
-        loss, _ = criterion(run_detector(model, **inputs), pair.targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
+def pair_item(processor: Any, pair: ToyPair) -> PhraseItem:
+    """The pair as a training item: the processor's resized, normalised image with its one phrase and instance."""
+    pixel_values = pair_inputs(processor, pair)["pixel_values"][0]  # (3, S, S)
+    size = int(pixel_values.shape[-1])
+    return PhraseItem(
+        pixel_values=pixel_values,
+        phrases=[pair.phrase],
+        boxes_cxcywh=[pair.targets.boxes_cxcywh[0]],  # (1, 4), normalised by S
+        masks=[pair.mask[None].bool()],  # (1, S, S)
+        meta=SampleMeta(image_id=0, dataset="overfit", height=size, width=size, index=0, size_h=size, size_w=size),
+    )
+
+
+class RepeatedItem(Dataset):
+    """`length` copies of one item: one epoch of `length` steps on the same pair."""
+
+    def __init__(self, item: PhraseItem, length: int) -> None:
+        self.item, self.length = item, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> PhraseItem:
+        """The item, whatever the index."""
+        return self.item
+
+
+def pair_loader(processor: Any, pair: ToyPair, steps: int) -> DataLoader:
+    """A DataLoader serving the pair as a one-image, one-phrase `PhraseBatch` at each of `steps` steps."""
+    return DataLoader(RepeatedItem(pair_item(processor, pair), steps), batch_size=1, shuffle=False, num_workers=0,
+                      collate_fn=PhraseCollator(processor.tokenizer))
+
+
+def overfit_module(model_source: str, lr: float = 1e-3, seed: int = 0,
+                   lora: LoraSettings | None = None) -> Sam3FineTuner:
+    """A `Sam3FineTuner` that overfits: full (or `lora`), text frozen, no dropout, plain AdamW at `lr`, cosine to 0."""
+    # plain AdamW: one lr for every component, no layer decay, no weight decay; cosine from lr to 0, no warmup
+    trainable = TrainableConfig(mode="lora" if lora else "full", lora=lora or LoraSettings())
+    optimizer = OptimizerConfig(lr=lr, vision_lr=lr, text_lr=lr, layer_decay=1.0, weight_decay=0.0)
+    schedule = ScheduleConfig(name="cosine", warmup_steps=0, min_lr_ratio=0.0)
+    module = Sam3FineTuner(model=model_source, trainable=trainable, optimizer=optimizer, schedule=schedule, seed=seed)
+    disable_dropout(module.model)  # overfitting one pair measures the objective, not regularisation
+    return module
+
+
+class LossHistory(L.Callback):
+    """The training loss of every step, read from `on_train_batch_end`'s outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Record this step's loss."""
+        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
+        self.losses.append(float(loss))
+
+
+def fit_pair(module: Sam3FineTuner, pair: ToyPair, steps: int, progress: bool = False,
+             callbacks: Sequence[L.Callback] = ()) -> list[float]:
+    """Train `module` on the pair for `steps` steps with Lightning (`build_trainer`); returns the loss of every step."""
+    history = LossHistory()
+    # one epoch of `steps` batches; gradient clipping: build_trainer's default (the official 0.1)
+    trainer = build_trainer(accelerator="auto", devices=1, max_steps=steps, max_epochs=1, precision="32-true",
+                            logger=False, enable_checkpointing=False, enable_progress_bar=progress,
+                            num_sanity_val_steps=0, callbacks=[history, *callbacks], quiet=True)
+    loader = pair_loader(module.processor, pair, steps)
+    module.train()  # evaluation may have left it in eval mode
+    with warnings.catch_warnings(), quiet_lightning():
+        for message in (".*does not have many workers.*", ".*smaller than the logging interval.*",
+                        ".*overridden `transfer_batch_to_device`.*", ".*flops_per_batch.*",
+                        ".*no `val_dataloader`.*", ".*LeafSpec.*"):
+            warnings.filterwarnings("ignore", message=message)  # expected of a one-pair run without validation
+        trainer.fit(module, train_dataloaders=loader)
+    module.eval()
+    return history.losses
 
 
 @torch.no_grad()
 def evaluate_pair(model: torch.nn.Module, processor, pair: ToyPair) -> tuple[float, float]:
     """(mask IoU, score) of the best-scoring instance against the pair's mask."""
     model.eval()
-    out = model(**pair_inputs(processor, pair))
+    device = next(model.parameters()).device
+    out = model(**{k: v.to(device) for k, v in pair_inputs(processor, pair).items()})
     scores = out.pred_logits.sigmoid() * out.presence_logits.sigmoid()  # (1, Q)
     best = int(scores[0].argmax())
     size = tuple(pair.mask.shape)
@@ -136,11 +197,11 @@ def run_overfit(model_source: str, out_dir: str | Path, steps: int = 300, lr: fl
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model, processor = load_model(model_source, seed=seed)
-    pair = toy_pair(input_size(model.config), seed)
-    iou_before, _ = evaluate_pair(model, processor, pair)
-    model = prepare_for_training(model, lora=lora)
-    losses = fit_pair(model, processor, pair, steps, lr, progress=progress)
+    module = overfit_module(model_source, lr=lr, seed=seed, lora=lora)
+    model, processor = module.model, module.processor
+    pair = toy_pair(module.image_size, seed)
+    iou_before, _ = evaluate_pair(model, processor, pair)  # LoRA starts as the identity: the base model's IoU
+    losses = fit_pair(module, pair, steps, progress=progress)
     iou_after, score_after = evaluate_pair(model, processor, pair)
 
     with open(out / "losses.csv", "w", newline="") as handle:
@@ -151,7 +212,8 @@ def run_overfit(model_source: str, out_dir: str | Path, steps: int = 300, lr: fl
     export_dir = out / "model"
     card = ModelCardInfo(
         base_model=model_source, data=f"one synthetic image with the phrase {pair.phrase!r}",
-        recipe=f"sam3-adapt overfit: {steps} AdamW steps, lr {lr}, cosine, official objective"
+        recipe=f"sam3-adapt overfit: {steps} AdamW steps, lr {lr}, cosine, gradient clipping "
+               f"{TRAINER_DEFAULTS['gradient_clip_val']}, official objective"
                + (f", LoRA {lora.preset} r={lora.r}" if lora else ", full fine-tuning"),
         metrics={"mask_iou": iou_after, "score": score_after, "loss_drop": 1 - losses[-1] / losses[0]},
         notes="A sanity check that the objective trains, not a useful model.",
