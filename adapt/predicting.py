@@ -1,4 +1,5 @@
-"""The `predict` verb: images x concept prompts (phrases and/or exemplar boxes) -> COCO results JSON and overlays.
+"""Prediction from files: images x concept prompts (phrases and/or exemplar boxes), or a ground truth's own images
+and phrases, -> COCO results JSON and overlays. `predict` is the `sam3-adapt predict` verb.
 
 Boxes are x,y,w,h in pixels of the image (the COCO convention), converted to the (x0, y0, x1, y1) exemplar boxes
 of `ConceptPrompt`; they refine the first --prompt, or form a box-only prompt (phrase "visual") when there is
@@ -7,8 +8,6 @@ none. Box coordinates belong to one image, so --box takes exactly one --image.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -16,17 +15,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from sam3_model.atomic import atomic_write, atomic_write_text
+from sam3_model.atomic import atomic_write
 from sam3_model.errors import ConfigError, PromptError
-from sam3_model.formats import FormatProblem, check_phrase
+from sam3_model.formats import CategoryRules, FormatProblem, check_phrase, write_json_dataset
 from sam3_model.images import read_image_size
-from sam3_model.loading import DEFAULT_HUB_ID
-from sam3_model.presets import PRESETS
+from sam3_model.presets import DEFAULT_HUB_ID
 from sam3_model.records import ConceptPrompt
 
 Box = tuple[float, float, float, float]
-MODEL_HELP = (f"Hub id (default {DEFAULT_HUB_ID}), exported folder, peft adapter folder, training checkpoint (.ckpt), "
-              f"fit or recipe run folder, or a random-weight preset ({', '.join(PRESETS)})")
 _BOX_TOLERANCE_PX = 1e-3  # as sam3_model.prompting: a box may touch the image border up to rounding
 
 
@@ -122,52 +118,90 @@ def _device(name: str | None) -> str:
     return name
 
 
-def _segmenter(args: argparse.Namespace, threshold: float, top_k: int | None, purpose: str):
-    """A `ConceptSegmenter` on whatever --model names (checkpoint, run folder, export, preset, Hub id)."""
+def inference_segmenter(model: str, device: str | None, threshold: float, top_k: int | None, purpose: str,
+                        official_text_prompt: bool = False):
+    """A `ConceptSegmenter` on whatever `model` names (checkpoint, run folder, export, preset, Hub id)."""
     from adapt.model_source import load_for_inference
     from sam3_model.predict import ConceptSegmenter
 
     if top_k is not None and top_k < 0:  # checked before the (slow) model load
-        raise ConfigError(f"--top-k {top_k}: top_k must be >= 0")
-    loaded = load_for_inference(args.model, device=_device(args.device), purpose=purpose)
+        raise ConfigError(f"--top_k {top_k}: top_k must be >= 0")
+    loaded = load_for_inference(model, device=_device(device), purpose=purpose)
     return ConceptSegmenter(loaded.model, loaded.processor, threshold=threshold, top_k=top_k,
-                            official_text_prompt=args.official_text_prompt, progress=False)
+                            official_text_prompt=official_text_prompt, progress=False)
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    """Find every instance of each prompt in each image; write COCO results JSON and optional overlays."""
-    if args.gt is not None:
-        if args.image or args.prompt or args.box:
+def predict(
+    out: Path,
+    image: list[str] | None = None,
+    prompt: list[str] | None = None,
+    box: list[str] | None = None,
+    gt: Path | None = None,
+    images: Path | None = None,
+    model: str = DEFAULT_HUB_ID,
+    threshold: float = 0.5,
+    top_k: int | None = None,
+    official_text_prompt: bool = False,
+    device: str | None = None,
+    overlay: Path | None = None,
+    exclude_category: list[str] | None = None,
+    keep_placeholder_categories: bool = False,
+) -> None:
+    """Find every instance of each concept in each image and write COCO results JSON (and overlays).
+
+    Args:
+        out: the COCO results JSON to write; every result carries `phrase` and `file_name`.
+        image: image files; `image_id` and `file_name` of their results are the path as given.
+        prompt: noun phrases to find (category ids 1..K in this order).
+        box: exemplar boxes `x,y,w,h` in pixels of the image (COCO convention), `:neg` for a negative one; they
+            refine the first prompt, or form a box-only prompt (phrase "visual"); they need exactly one image.
+        gt: a COCO or SA-Co ground truth instead of image and prompt: its phrases on its images, the results in
+            its ids and box unit (COCO pixels, SA-Co normalised).
+        images: with gt, the folder its file_names are relative to (default: the file's folder).
+        model: Hub id, exported or adapter folder, training checkpoint (.ckpt), fit or recipe run folder, or a
+            random-weight preset (tiny, small, sam3-random).
+        threshold: keep instances scoring above this (0 for COCO AP).
+        top_k: at most this many instances per image and prompt.
+        official_text_prompt: add the geometry CLS token to text-only prompts, as the official SAM 3 does.
+        device: torch device (default: cuda when available, else cpu).
+        overlay: draw the instances over the image: with one image, this file; with several, <stem>_<k>.png.
+        exclude_category: with a COCO gt, categories left out with their annotations.
+        keep_placeholder_categories: with a COCO gt, keep Roboflow's root category and labelme's _background_.
+    """
+    image, prompt, box = list(image or []), list(prompt or []), list(box or [])
+    if gt is not None:
+        if image or prompt or box:
             raise ConfigError("--gt takes the images and phrases from the ground truth: drop --image, --prompt "
                               "and --box (or drop --gt)")
-        return _predict_on_truth(args)
-    if not args.image:
+        _predict_on_truth(out, gt, images, model, threshold, top_k, official_text_prompt, device,
+                          category_rules(exclude_category, keep_placeholder_categories))
+        return
+    if not image:
         raise ConfigError("nothing to predict on: give --image PATH (with --prompt or --box), or --gt FILE")
     from adapt.overlay import render_overlay
     from sam3_model.images import load_image
     from sam3_model.predict import to_coco_results
     from sam3_model.prompting import prompt_text
 
-    images: list[str] = list(args.image)  # as given: they are the results' file_name and image_id
-    boxes = [parse_box(b) for b in args.box]
-    prompts = build_prompts(args.prompt, boxes)
-    if boxes and len(images) != 1:
-        raise PromptError(f"--box is in pixels of one image, but {len(images)} --image were given; "
+    boxes = [parse_box(b) for b in box]
+    prompts = build_prompts(prompt, boxes)
+    if boxes and len(image) != 1:
+        raise PromptError(f"--box is in pixels of one image, but {len(image)} --image were given; "
                           "run predict once per image to use exemplar boxes")
-    overlays = overlay_paths(args.overlay, len(images)) if args.overlay else []
-    if args.overlay:
-        _image_format(args.overlay)
-    for path in images:  # fail before the (slow) model load on a missing or unreadable file
+    overlays = overlay_paths(overlay, len(image)) if overlay else []
+    if overlay:
+        _image_format(overlay)
+    for path in image:  # fail before the (slow) model load on a missing or unreadable file
         _image_size(path)
     if boxes:
-        _check_boxes_inside(args.box, boxes, images[0])
+        _check_boxes_inside(box, boxes, image[0])
 
-    segmenter = _segmenter(args, args.threshold, args.top_k, "predict")
+    segmenter = inference_segmenter(model, device, threshold, top_k, "predict", official_text_prompt)
     category_ids = {prompt_text(p): k + 1 for k, p in enumerate(prompts)}
     phrases = {k: phrase for phrase, k in category_ids.items()}
     results = []
     entries: list[dict] = []
-    for path in images:
+    for path in image:
         per_image = segmenter([path], prompts, image_ids=[str(path)])[0]
         results.append(per_image)
         for result in per_image:
@@ -175,80 +209,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
                   f"presence={result.presence:.3f}")
         for entry in to_coco_results([per_image], convention="coco", category_ids=category_ids):
             entries.append({**entry, "phrase": phrases[entry["category_id"]], "file_name": str(path)})
-    atomic_write_text(args.out, json.dumps(entries))
-    print(f"wrote {args.out} ({len(entries)} results)")
-    for path, per_image, overlay in zip(images, results, overlays):
-        save_image_atomic(render_overlay(load_image(path, path), per_image), overlay)
-        print(f"wrote {overlay}")
-    return 0
+    write_json_dataset(out, entries)
+    print(f"wrote {out} ({len(entries)} results)")
+    for path, per_image, target in zip(image, results, overlays):
+        save_image_atomic(render_overlay(load_image(path, path), per_image), target)
+        print(f"wrote {target}")
 
 
-def _predict_on_truth(args: argparse.Namespace) -> int:
+def _predict_on_truth(out: Path, gt: Path, images: Path | None, model: str, threshold: float, top_k: int | None,
+                      official_text_prompt: bool, device: str | None, rules: CategoryRules) -> None:
     """`predict --gt`: the ground truth's images and phrases, results in its ids and box units."""
     from adapt.evaluation.on_truth import check_truth_images, predict_on_truth, truth_queries
 
-    queries = truth_queries(args.gt, args.images, category_rules(args))
+    queries = truth_queries(gt, images, rules)
     check_truth_images(queries)  # before the (slow) model load
     for note in queries.notes:
         print(note, file=sys.stderr)
-    segmenter = _segmenter(args, args.threshold, args.top_k, "predict")
+    segmenter = inference_segmenter(model, device, threshold, top_k, "predict", official_text_prompt)
     entries = predict_on_truth(segmenter, queries)
-    atomic_write_text(args.out, json.dumps(entries))
+    write_json_dataset(out, entries)
     units = "pixels" if queries.format == "coco" else "normalised by the image size"
-    print(f"wrote {args.out} ({len(entries)} results on {len(queries.images)} images, {queries.num_queries} "
-          f"image-phrase queries; ids of {args.gt}, boxes {units})")
-    return 0
+    print(f"wrote {out} ({len(entries)} results on {len(queries.images)} images, {queries.num_queries} "
+          f"image-phrase queries; ids of {gt}, boxes {units})")
 
 
-def category_rules(args: argparse.Namespace):
-    """The COCO category rules of --exclude-category and --keep-placeholder-categories."""
-    from sam3_model.formats import CategoryRules
-
-    return CategoryRules(exclude=tuple(args.exclude_category), keep_placeholders=args.keep_placeholder_categories)
-
-
-def add_category_arguments(parser: argparse.ArgumentParser) -> None:
-    """--exclude-category and --keep-placeholder-categories (the rules fit applies to the same COCO file)."""
-    parser.add_argument("--exclude-category", action="append", default=[], metavar="NAME",
-                        help="COCO category to leave out with its annotations (repeatable)")
-    parser.add_argument("--keep-placeholder-categories", action="store_true",
-                        help="keep Roboflow's root category and labelme's _background_ as phrases (left out by "
-                             "default, as fit does)")
-
-
-def add_predict_parser(verbs: argparse._SubParsersAction) -> None:
-    """Register the `predict` verb on the CLI's subparsers."""
-    model_help = MODEL_HELP
-    pred = verbs.add_parser(
-        "predict", help="find every instance of each concept (phrase and/or exemplar boxes) in images",
-        description="Find every instance of each --prompt in each --image, or of a ground truth's phrases in its "
-                    "images (--gt), and write COCO results JSON. Every result carries 'file_name' and 'phrase'. "
-                    "With --image, image_id is the image path as given and category_id is 1..K in --prompt order; "
-                    "with --gt, both are the ground truth's ids and bbox is in its unit (COCO pixels, SA-Co "
-                    "normalised).",
-    )
-    pred.add_argument("--model", default=DEFAULT_HUB_ID, help=model_help)
-    pred.add_argument("--image", action="extend", nargs="+", default=[], metavar="PATH",
-                      help="image file; repeat (or list several) for more images")
-    pred.add_argument("--gt", type=Path, metavar="FILE",
-                      help="COCO or SA-Co ground truth: predict its phrases on its images, in its ids and box units")
-    pred.add_argument("--images", type=Path, metavar="DIR",
-                      help="with --gt: the folder its file_names are relative to (default: the file's folder)")
-    add_category_arguments(pred)
-    pred.add_argument("--prompt", action="append", default=[], metavar="TEXT",
-                      help="noun phrase to find; repeat for several (category ids 1..K in this order)")
-    pred.add_argument("--box", action="append", default=[], metavar="x,y,w,h[:neg]",
-                      help="exemplar box x,y,w,h in pixels of the image (COCO convention), positive unless "
-                           "followed by :neg; repeat for several. Boxes refine the first --prompt, or form a "
-                           "box-only prompt (phrase 'visual') without one; they need exactly one --image")
-    pred.add_argument("--threshold", type=float, default=0.5,
-                      help="keep instances with score > threshold (default 0.5; 0 for COCO AP)")
-    pred.add_argument("--top-k", type=int, default=None, help="at most this many instances per image and prompt")
-    pred.add_argument("--official-text-prompt", action="store_true",
-                      help="add the geometry CLS token to text-only prompts, as the official SAM 3 does")
-    pred.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    pred.add_argument("--out", type=Path, required=True, metavar="PREDS.JSON", help="write COCO results JSON here")
-    pred.add_argument("--overlay", type=Path, metavar="OUT.PNG",
-                      help="draw the instances over the image: with one --image, exactly this file; with "
-                           "several, <stem>_<k>.png beside it for the image at index k (0-based)")
-    pred.set_defaults(func=cmd_predict)
+def category_rules(exclude_category: list[str] | None, keep_placeholder_categories: bool) -> CategoryRules:
+    """The COCO category rules of --exclude_category and --keep_placeholder_categories (those of `fit`)."""
+    return CategoryRules(exclude=tuple(exclude_category or ()), keep_placeholders=keep_placeholder_categories)

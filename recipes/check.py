@@ -51,11 +51,11 @@ def _looks_local(source: str) -> bool:
     return "/" not in source and bool(Path(source).suffix)
 
 
-def check_model(key: str, source: str, recipe: RecipeConfig) -> list[Finding]:
-    """A preset, a local directory (relative to the recipe) or a Hub id in the cache."""
+def check_model(key: str, source: str) -> list[Finding]:
+    """A preset, a local directory (made absolute at load) or a Hub id in the cache."""
     if source in PRESETS:
         return []
-    local = Path(recipe.model_source(source))
+    local = Path(source)
     if local.is_dir():
         return []
     if _looks_local(source):
@@ -67,84 +67,77 @@ def check_model(key: str, source: str, recipe: RecipeConfig) -> list[Finding]:
     return [Finding(key, f"model {source} is {state}", HUB_HINT.format(id=source), fatal=offline)]
 
 
-def check_data(key: str, ref: DataRef | None, recipe: RecipeConfig) -> list[Finding]:
+def check_data(key: str, ref: DataRef | None) -> list[Finding]:
     """A labelled dataset: its annotation file and image folder exist (rendered toy data always can)."""
     if ref is None:
         return []
     found = []
     if ref.path is not None:
-        path = Path(recipe.resolve(ref.path))
-        if not path.is_file():
-            found.append(Finding(key, f"annotation file {path} not found", ref.get))
-        if ref.images and not Path(recipe.resolve(ref.images)).is_dir():
-            found.append(Finding(f"{key}.images", f"image folder {recipe.resolve(ref.images)} not found", ref.get))
-    if isinstance(ref.toy, dict) and isinstance(ref.toy.get("ontology"), str):
-        found += _check_file(f"{key}.toy.ontology", ref.toy["ontology"], recipe, "")
+        if not Path(ref.path).is_file():
+            found.append(Finding(key, f"annotation file {ref.path} not found", ref.get))
+        if ref.images and not Path(ref.images).is_dir():
+            found.append(Finding(f"{key}.images", f"image folder {ref.images} not found", ref.get))
+    if isinstance(ref.ontology, str):
+        found += _check_file(f"{key}.ontology", ref.ontology, "")
     return found
 
 
-def _check_file(key: str, value: str, recipe: RecipeConfig, get: str) -> list[Finding]:
-    path = Path(recipe.resolve(value))
-    return [] if path.exists() else [Finding(key, f"{path} not found", get)]
+def _check_file(key: str, value: str, get: str) -> list[Finding]:
+    return [] if Path(value).exists() else [Finding(key, f"{value} not found", get)]
 
 
-def check_images(key: str, ref: ImagesRef | None, recipe: RecipeConfig) -> list[Finding]:
+def check_images(key: str, ref: ImagesRef | None) -> list[Finding]:
     """An image source for the data engine: its folder, glob, list, instance file or generator model."""
     if ref is None:
         return []
-    source: dict[str, Any] = ref.source or {}
+    source = ref.source
     found: list[Finding] = []
-    pool = source.get("pool") or {}
-    if pool.get("folder"):
-        path = Path(recipe.resolve(pool["folder"]))
-        if not path.is_dir():
-            found.append(Finding(f"{key}.pool.folder", f"image folder {path} not found", ref.get))
-    if pool.get("glob") and not globlib.glob(recipe.resolve(pool["glob"]), recursive=True):
-        found.append(Finding(f"{key}.pool.glob", f"no image matches {recipe.resolve(pool['glob'])}", ref.get))
-    if pool.get("list_file"):
-        found += _check_file(f"{key}.pool.list_file", pool["list_file"], recipe, ref.get)
-    copy_paste = source.get("copy_paste") or {}
-    if copy_paste.get("instances"):
-        found += _check_file(f"{key}.copy_paste.instances", copy_paste["instances"], recipe, ref.get)
-    generate = source.get("generate") or {}
-    if generate.get("pipeline"):
-        found += check_model(f"{key}.generate.pipeline", generate["pipeline"], recipe)
+    pool = source.pool
+    if pool is not None and pool.folder and not Path(pool.folder).is_dir():
+        found.append(Finding(f"{key}.pool.folder", f"image folder {pool.folder} not found", ref.get))
+    if pool is not None and pool.glob and not globlib.glob(pool.glob, recursive=True):
+        found.append(Finding(f"{key}.pool.glob", f"no image matches {pool.glob}", ref.get))
+    if pool is not None and pool.list_file:
+        found += _check_file(f"{key}.pool.list_file", pool.list_file, ref.get)
+    if source.copy_paste is not None:
+        found += _check_file(f"{key}.copy_paste.instances", source.copy_paste.instances, ref.get)
+    if source.generate is not None:
+        found += check_model(f"{key}.generate.pipeline", source.generate.pipeline)
     return found
 
 
 def check_recipe(recipe: RecipeConfig) -> list[Finding]:
     """Everything the recipe needs that is not on this machine (fatal ones and download notes)."""
-    found = check_model("base_model", recipe.base_model, recipe)
-    teacher = recipe.teacher.get("model")
+    found = check_model("base_model", recipe.base_model)
+    teacher = recipe.teacher.model
     if teacher and teacher != recipe.base_model:
-        found += check_model("teacher.model", teacher, recipe)
+        found += check_model("teacher.model", teacher)
     if isinstance(recipe.ontology, str):
-        found += _check_file("ontology", recipe.ontology, recipe, "")
-    found += check_data("hq.train", recipe.hq.train, recipe)
-    found += check_data("hq.test", recipe.hq.test, recipe)
+        found += _check_file("ontology", recipe.ontology, "")
+    found += check_data("hq.train", recipe.hq.train)
+    found += check_data("hq.test", recipe.hq.test)
     if "general" in recipe.mixes:
-        found += check_data("general", recipe.general, recipe)
+        found += check_data("general", recipe.general)
     if any(a in recipe.arms for a in ("pl", "syn", "syn+hq")):
-        found += check_images("pool.source", recipe.pool, recipe)
+        found += check_images("pool.source", recipe.pool)
     if "gen" in recipe.arms:
-        found += check_images("generator.source", recipe.generator, recipe)
-    v = recipe.verify
-    for name in ("clip", "agreement", "vlm"):
-        check = getattr(v, name)
-        if check is not None:
-            found += check_model(f"verify.{name}.model", check.model, recipe)
+        found += check_images("generator.source", recipe.generator)
+    for name, config in recipe.verify.configured():
+        if isinstance(getattr(config, "model", None), str):
+            found += check_model(f"verify.{name}.model", config.model)
     return found
 
 
-def check_message(recipe: RecipeConfig, findings: list[Finding], where: str) -> str:
+def check_message(recipe: RecipeConfig, findings: list[Finding], where: str = "") -> str:
     """What `recipe check` prints: ready, or every missing item with where to get it."""
     fatal = [f for f in findings if f.fatal]
     notes = [f for f in findings if not f.fatal]
+    name = f"recipe {recipe.name}" + (f" ({where})" if where and where != recipe.name else "")
     if not fatal:
-        head = f"recipe {recipe.name} ({where}): ready"
+        head = f"{name}: ready"
         return "\n".join([head + (f"; {len(notes)} model(s) will be downloaded on first use:" if notes else "."),
                           *[f"  {n.line()}" for n in notes]])
-    lines = [f"recipe {recipe.name} ({where}): {len(fatal)} missing:", *[f"  {f.line()}" for f in fatal]]
+    lines = [f"{name}: {len(fatal)} missing:", *[f"  {f.line()}" for f in fatal]]
     if notes:
         lines += ["and to be downloaded on first use:", *[f"  {n.line()}" for n in notes]]
     return "\n".join(lines)

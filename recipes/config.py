@@ -1,30 +1,29 @@
 """A recipe, read top to bottom: base model, domain, data, arms, sweep, fine-tuning preset, seeds.
 
-Recipes are plain YAML mapped onto these dataclasses; every key is documented here, once. Built-in recipes
-(`demo`, `food`, `medical`, `industrial`) are YAML files next to this module; `load_recipe` takes their name or
-the path of any recipe file. Relative paths in a recipe resolve against the recipe file's folder.
+Recipes are plain YAML mapped onto these dataclasses by jsonargparse (`sam3_model.configs`); every key is
+documented here, once, and the data engine's sections are synth's own typed classes (parsed once, never turned
+back into mappings). Built-in recipes (`demo`, `food`, `medical`, `industrial`) are YAML files next to this module;
+`load_recipe` takes their name or the path of any recipe file. Relative paths in a recipe are made absolute at
+load, against the recipe file's folder.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from adapt.data.transforms import AugmentConfig
-from adapt.training.module import TrainableConfig, ValidationConfig
-from adapt.training.optim import OptimizerConfig
-from adapt.training.schedules import ScheduleConfig
-from sam3_model.objective import ObjectiveConfig
-from sam3_model.configfile import dataclass_from_mapping, load_yaml_or_json
+from adapt.settings import AugmentConfig, OptimizerConfig, ScheduleConfig, TrainableConfig, ValidationConfig
+from sam3_model.configs import MODEL, PATH, deep_merge, parse_dataclass, read_config_file, resolve_mapping_paths
 from sam3_model.errors import ConfigError
-from sam3_model.loading import is_explicit_path
+from sam3_model.presets import is_explicit_path
 from sam3_model.notices import notice
-from synth.config import RunConfig, SourceConfig, VerifyConfig, maybe_local
+from sam3_model.settings import ObjectiveConfig
+from synth.config import RunConfig, SourceConfig, TeacherConfig
 from synth.ontology import ontology_from_mapping
-from synth.labelling import TeacherConfig
-from verifiers.crop_classifier import CropClassifierConfig
+from synth.sources.toy import ToyConfig
+from verifiers.configs import CropClassifierConfig, VerifyConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent
 BUILTIN = ("demo", "food", "medical", "industrial")
@@ -36,10 +35,11 @@ MIXES = ("none", "general")
 class DataRef:
     """A labelled dataset: a COCO / SA-Co JSON file on disk, or toy images rendered with exact labels."""
 
-    path: str | None = None  # annotation file (relative to the recipe); produce it with `sam3-adapt convert ...`
-    images: str | None = None  # image folder (default: the annotation file's folder)
+    path: str | None = field(default=None, metadata=PATH)  # annotation file; produce it with `sam3-adapt convert`
+    images: str | None = field(default=None, metadata=PATH)  # image folder (default: the annotation file's folder)
     format: Literal["auto", "coco", "saco"] = "auto"
-    toy: dict[str, Any] | None = None  # a synth ToyConfig mapping: rendered with exact labels for the ontology
+    toy: ToyConfig | None = None  # toy images rendered with exact labels for the ontology (the demo's data)
+    ontology: str | dict[str, Any] | None = field(default=None, metadata=PATH)  # toy: another ontology to label
     max_images: int | None = None  # use at most this many images of it
     get: str = ""  # where to obtain the data and how to convert it (what `recipe check` prints when it is missing)
 
@@ -50,13 +50,20 @@ class DataRef:
 
 @dataclass
 class ImagesRef:
-    """Images for the data engine: a synth `source` mapping (pool, toy, copy_paste or generate)."""
+    """Images for the data engine: a synth source (pool, toy, copy_paste or generate)."""
 
-    source: dict[str, Any]
+    source: SourceConfig
     get: str = ""  # where to obtain the images (what `recipe check` prints when they are missing)
 
     def __post_init__(self) -> None:  # checked on load, not when the data engine starts
-        dataclass_from_mapping(SourceConfig, self.source, "source").chosen()
+        self.source.chosen()
+
+
+@dataclass
+class RecipeTeacher(TeacherConfig):
+    """The data engine's teacher (synth's `teacher:` keys); its model is the recipe's base model unless named."""
+
+    model: str | None = field(default=None, metadata=MODEL)
 
 
 @dataclass
@@ -110,14 +117,14 @@ class RecipeConfig:
     """One domain recipe."""
 
     name: str
-    ontology: str | dict[str, Any]  # the domain's concepts: an ontology file or an inline mapping
-    hq: HqData
+    ontology: str | dict[str, Any] = field(metadata=PATH)  # the domain's concepts: a file or an inline mapping
+    hq: HqData  # human-verified domain data: train (the hq arm, the verifier's labels) and the held-out test
     description: str = ""
-    base_model: str = "facebook/sam3"  # Hub id, local save_pretrained directory (relative to the recipe) or preset
+    base_model: str = field(default="facebook/sam3", metadata=MODEL)  # Hub id, save_pretrained folder or preset
     pool: ImagesRef | None = None  # unlabelled domain images, pseudo-labelled for the pl and syn arms
     generator: ImagesRef | None = None  # generated images, pseudo-labelled and verified for the gen arm
     general: DataRef | None = None  # general-domain HQ data mixed 1:1 into the `general` mix
-    teacher: dict[str, Any] = field(default_factory=dict)  # synth TeacherConfig keys; model defaults to base_model
+    teacher: RecipeTeacher = field(default_factory=RecipeTeacher)  # synth's teacher keys
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     verifier_training: CropClassifierConfig | None = None  # train a crop-classifier verifier on hq.train, add it
     synth: RunConfig = field(default_factory=RunConfig)  # how the data engine is sharded and where it runs
@@ -127,7 +134,6 @@ class RecipeConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     train: TrainSettings = field(default_factory=TrainSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
-    base_dir: str = "."  # set to the recipe file's folder on load
 
     def __post_init__(self) -> None:
         bad = [a for a in self.arms if a not in ARMS]
@@ -146,7 +152,6 @@ class RecipeConfig:
         for arm in self.arms:
             if arm in needs and getattr(self, needs[arm]) is None:
                 raise ConfigError(f"arms: {arm!r} needs a {needs[arm]} section (images to pseudo-label)")
-        dataclass_from_mapping(TeacherConfig, self.teacher, "teacher")  # keys and types, checked on load
         if isinstance(self.ontology, dict):  # an inline ontology is checked on load too, naming the file
             ontology_from_mapping(self.ontology, "ontology")
         if "general" in self.mixes and self.general is None:
@@ -156,20 +161,9 @@ class RecipeConfig:
         if self.train.parallel_jobs < 1:
             raise ConfigError(f"train.parallel_jobs must be >= 1, got {self.train.parallel_jobs}")
 
-    def resolve(self, path: str) -> str:
-        """A recipe path made absolute against the recipe's folder (absolute paths are left alone)."""
-        return path if os.path.isabs(path) else str(Path(self.base_dir) / path)
-
-    def model_source(self, source: str) -> str:
-        """A model reference: a directory relative to the recipe when one exists there, else as given."""
-        return maybe_local(source, self.base_dir)
-
     def teacher_config(self) -> TeacherConfig:
         """The teacher of the data engine: the recipe's base model unless the teacher section names another."""
-        data = {"model": self.base_model, **self.teacher}
-        teacher = dataclass_from_mapping(TeacherConfig, data, f"recipe {self.name}: teacher:")
-        teacher.model = self.model_source(teacher.model)
-        return teacher
+        return TeacherConfig(**{**asdict(self.teacher), "model": self.teacher.model or self.base_model})
 
     @property
     def trained_arms(self) -> list[str]:
@@ -197,24 +191,22 @@ def recipe_path(name_or_path: str | os.PathLike[str]) -> Path:
 
 def recipe_from_mapping(data: Any, where: str, base_dir: str | os.PathLike[str]) -> RecipeConfig:
     """Build a `RecipeConfig` from parsed YAML (relative paths resolve against `base_dir`)."""
-    if isinstance(data, dict):
-        data = {**data, "base_dir": str(Path(base_dir).resolve())}
-    return dataclass_from_mapping(RecipeConfig, data, where)
+    return parse_dataclass(RecipeConfig, resolve_mapping_paths(RecipeConfig, data, base_dir), where.rstrip(":"))
+
+
+def recipe_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A recipe file's mapping, its paths made absolute against its folder."""
+    data = read_config_file(path, "recipe")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of keys (name, ontology, hq, ...)")
+    return resolve_mapping_paths(RecipeConfig, data, Path(path).parent)
 
 
 def load_recipe(name_or_path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> RecipeConfig:
-    """Read a recipe by built-in name or path; `overrides` (nested mappings) are merged in, key by key."""
+    """Read a recipe by built-in name or path; `overrides` (nested mappings; relative paths against the working
+    directory) are merged in, key by key."""
     path = recipe_path(name_or_path)
-    data = load_yaml_or_json(path, "recipe")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping of keys (name, ontology, hq, ...)")
-    return recipe_from_mapping(deep_merge(data, overrides or {}), f"{path}:", path.parent)
-
-
-def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `overrides` merged in: mappings merge recursively, anything else is replaced."""
-    merged = dict(base)
-    for key, value in overrides.items():
-        current = merged.get(key)
-        merged[key] = deep_merge(current, value) if isinstance(value, dict) and isinstance(current, dict) else value
-    return merged
+    data = recipe_mapping(path)
+    if overrides:
+        data = deep_merge(data, resolve_mapping_paths(RecipeConfig, overrides, Path.cwd()))
+    return parse_dataclass(RecipeConfig, data, str(path))

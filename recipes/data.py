@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Any
 
 
-from adapt.data.datamodule import DatasetSpec
+from adapt.settings import DatasetSpec
 from adapt.data.readers import read_dataset
 from adapt.data.records import ImageSample
 from sam3_model.atomic import atomic_write_text
 from sam3_model.errors import ConfigError
 from sam3_model.images import load_image
-from synth.config import CropClassifierCheck, SynthConfig, synth_config_from_mapping
+from synth.config import SourceConfig, SynthConfig
 from synth.engine import SynthRun
+from verifiers.configs import CropClassifierVerifyConfig
 from verifiers.crop_classifier import LabelledObject, train_crop_classifier
 from verifiers.geometric import mask_iou
 
@@ -46,36 +47,26 @@ class Dataset:
                            max_images=min(caps) if caps else None, **kwargs)
 
 
-def ontology_setting(recipe: RecipeConfig, ontology: str | dict[str, Any] | None = None) -> str | dict[str, Any]:
-    """An ontology setting usable from any folder (file paths made absolute)."""
-    value = recipe.ontology if ontology is None else ontology
-    return recipe.resolve(value) if isinstance(value, str) else value
-
-
 def materialise(ref: DataRef, recipe: RecipeConfig, work: Path, progress: bool = True) -> Dataset:
     """The dataset of `ref`: its file, or toy images rendered (once) with exact labels under `work`."""
     if ref.path is not None:
-        return Dataset(recipe.resolve(ref.path), recipe.resolve(ref.images) if ref.images else None, ref.format,
-                       ref.max_images)
-    toy = dict(ref.toy or {})
-    ontology = toy.pop("ontology", None)
-    data = {"ontology": ontology_setting(recipe, ontology), "labels": "exact", "source": {"toy": toy},
-            "run": {**dataclasses.asdict(recipe.synth), "accelerator": "cpu", "devices": 1, "progress": progress}}
-    config = synth_config_from_mapping(data, f"recipe {recipe.name}: toy data:", recipe.base_dir)
+        return Dataset(ref.path, ref.images, ref.format, ref.max_images)
+    config = SynthConfig(ontology=ref.ontology if ref.ontology is not None else recipe.ontology, labels="exact",
+                         source=SourceConfig(toy=ref.toy),
+                         run=dataclasses.replace(recipe.synth, accelerator="cpu", devices=1, progress=progress))
     exact = SynthRun(config, work).run()["exact"]
     return Dataset(str(exact), None, "saco", ref.max_images)
 
 
 def synth_config(recipe: RecipeConfig, images: ImagesRef, verifier_dir: Path | None, progress: bool) -> SynthConfig:
     """The data-engine config of one image source: the recipe's teacher and verifiers (plus the trained one)."""
-    verify = dataclasses.asdict(recipe.verify)
+    verify = recipe.verify
     if verifier_dir is not None:
         threshold = recipe.verifier_training.threshold if recipe.verifier_training else 0.5
-        verify["crop_classifier"] = dataclasses.asdict(CropClassifierCheck(str(verifier_dir), threshold))
-    data = {"ontology": ontology_setting(recipe), "labels": "teacher", "source": images.source,
-            "teacher": dataclasses.asdict(recipe.teacher_config()), "verify": verify,
-            "run": {**dataclasses.asdict(recipe.synth), "progress": progress}}
-    return synth_config_from_mapping(data, f"recipe {recipe.name}: synth:", recipe.base_dir)
+        verify = dataclasses.replace(verify, crop_classifier=CropClassifierVerifyConfig(str(verifier_dir), threshold))
+    return SynthConfig(ontology=recipe.ontology, labels="teacher", source=images.source,
+                       teacher=recipe.teacher_config(), verify=verify,
+                       run=dataclasses.replace(recipe.synth, progress=progress))
 
 
 def run_synth(recipe: RecipeConfig, images: ImagesRef, out: Path, verifier_dir: Path | None,

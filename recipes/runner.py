@@ -76,7 +76,7 @@ class RecipeRun:
         """The domain ontology."""
         r = self.recipe
         if isinstance(r.ontology, str):
-            return load_ontology(r.resolve(r.ontology))
+            return load_ontology(r.ontology)
         return ontology_from_mapping(r.ontology, f"recipe {r.name}: ontology")
 
     def data(self) -> dict[str, Dataset]:
@@ -110,7 +110,7 @@ class RecipeRun:
     def jobs(self, datasets: dict[str, Dataset]) -> list[TrainJob]:
         """Zero-shot, then every trained arm x mix x size x seed."""
         r = self.recipe
-        base = r.model_source(r.base_model)
+        base = r.base_model
         neg = r.train.max_negatives
         phrases = list(self.ontology().phrases())  # domain data is scored on the ontology's phrases only
         common = dict(base_model=base, test=datasets["test"].spec(name="hq-test", phrases=phrases), settings=r.train,
@@ -223,7 +223,7 @@ class RecipeRun:
         if (model_dir / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            base, processor = load_model(self.recipe.model_source(self.recipe.base_model))
+            base, processor = load_model(self.recipe.base_model)
             model = PeftModel.from_pretrained(base, str(model_dir))
         else:
             model, processor = load_model(str(model_dir))

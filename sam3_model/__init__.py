@@ -11,12 +11,12 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "LoraSettings": "adapters", "freeze_components": "adapters", "prepare_for_training": "adapters",
+    "LoraSettings": "settings", "freeze_components": "adapters", "prepare_for_training": "adapters",
     "enable_dac": "dac", "DetectorOutputs": "detector", "LayerPredictions": "detector", "run_detector": "detector",
     "ConfigError": "errors", "ImageError": "errors", "ModelLoadError": "errors", "PromptError": "errors",
     "Sam3AdaptError": "errors", "TargetError": "errors", "export_adapter": "export", "export_merged": "export",
     "export_video": "export", "build_processor": "loading", "load_model": "loading", "ModelCardInfo": "model_card",
-    "ObjectiveConfig": "objective", "Sam3Criterion": "objective", "ConceptSegmenter": "predict",
+    "ObjectiveConfig": "settings", "Sam3Criterion": "objective", "ConceptSegmenter": "predict",
     "write_coco_results": "predict", "ConceptPrompt": "records", "ConceptResult": "records", "Instance": "records",
     "ConceptTargets": "targets",
 }

@@ -190,3 +190,32 @@ def export_video(
         video.save_pretrained(tmp)
         write_model_card(replace(card, notes=notes), "video", tmp / "README.md")
     return target
+
+
+EXPORT_KINDS = ("merged", "adapter", "video")
+
+
+def export_model(model: str, out: str | os.PathLike[str], kind: str = "merged", adapter: str | None = None,
+                 base_video: str | None = None, card: ModelCardInfo | None = None) -> Path:
+    """Export a model (a Hub id, folder or preset; `adapter`: a peft adapter folder merged onto it) as `kind`:
+    "merged" (transformers), "adapter" (the peft adapter re-exported) or "video" (a Sam3VideoModel)."""
+    from .loading import is_explicit_path, load_model
+    from .notices import warn
+
+    if kind not in EXPORT_KINDS:
+        raise ConfigError(f"export kind must be one of {', '.join(EXPORT_KINDS)}, got {kind!r}")
+    if model in PRESETS and not is_explicit_path(model):
+        warn(f"--model {model} is a preset with random weights: the export is not a trained model")
+    if kind == "adapter" and not adapter:
+        raise ConfigError("--adapter_only with --model needs --adapter (the adapter to re-export)")
+    base, processor = load_model(model)
+    if adapter:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise ConfigError(f"{adapter}: no adapter_config.json; pass a directory written by an adapter export")
+        base = PeftModel.from_pretrained(base, adapter)
+    card = card or ModelCardInfo(base_model=model, data="unspecified", recipe="unspecified")
+    if kind == "adapter":
+        return export_adapter(base, out, card)
+    if kind == "merged":
+        return export_merged(base, processor, out, card)
+    return export_video(base, out, card, base_video_dir=base_video)

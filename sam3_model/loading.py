@@ -11,18 +11,19 @@ from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processo
 
 from .errors import ModelLoadError
 from .notices import notice
-from .presets import (
+from .presets import (  # noqa: F401 - DEFAULT_HUB_ID and is_explicit_path are part of this module's API
+    DEFAULT_HUB_ID,
     PRESET_SPECS,
     PRESETS,
     RENAMED_PRESETS,
     build_config,
     init_for_scratch_training,
     input_size,
+    is_explicit_path,
     renamed_preset_message,
 )
 from .tokenizer import build_offline_tokenizer
 
-DEFAULT_HUB_ID = "facebook/sam3"
 
 
 def build_processor(image_size: int = 1008) -> Sam3Processor:
@@ -51,11 +52,6 @@ def _load_processor(source: str, config: Sam3Config) -> Sam3Processor:
         return Sam3Processor.from_pretrained(source)
     except Exception:  # noqa: BLE001 - no processor saved, or the Hub is unreachable: build it offline
         return build_processor(input_size(config))
-
-
-def is_explicit_path(source: str) -> bool:
-    """Whether `source` can only be a path (./x, ../x, /x, ~/x, or with a backslash), never a preset or Hub id."""
-    return source.startswith(("/", "./", "../", "~", ".\\")) or "\\" in source
 
 
 def load_model(

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-from transformers import Sam3Config
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import Sam3Config
 
 from .errors import ModelLoadError
 
@@ -50,12 +51,15 @@ PRESET_SPECS: dict[str, PresetSpec] = {
                         text_width=32, text_layers=2, num_queries=10, decoder_layers=3, encoder_layers=1,
                         geometry_layers=1, ffn=128),
 }
+DEFAULT_HUB_ID = "facebook/sam3"
 FULL_SIZE_PRESET = "sam3-random"
 PRESETS: tuple[str, ...] = (FULL_SIZE_PRESET, *PRESET_SPECS)
 RENAMED_PRESETS = {"sam3": FULL_SIZE_PRESET}  # old name -> new name
 
 
 def _config_from_spec(spec: PresetSpec, image_size: int | None) -> Sam3Config:
+    from transformers import Sam3Config
+
     size = image_size or spec.image_size
     if size % PATCH_SIZE:
         raise ModelLoadError(f"image_size {size} is not a multiple of the patch size {PATCH_SIZE}")
@@ -88,6 +92,8 @@ def _config_from_spec(spec: PresetSpec, image_size: int | None) -> Sam3Config:
 
 def build_config(preset: str, image_size: int | None = None) -> Sam3Config:
     """The `Sam3Config` of a named preset; `image_size` overrides the input resolution."""
+    from transformers import Sam3Config
+
     if preset in RENAMED_PRESETS:
         raise ModelLoadError(renamed_preset_message(preset))
     if preset == FULL_SIZE_PRESET:
@@ -97,6 +103,11 @@ def build_config(preset: str, image_size: int | None = None) -> Sam3Config:
     if preset not in PRESET_SPECS:
         raise ModelLoadError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     return _config_from_spec(PRESET_SPECS[preset], image_size)
+
+
+def is_explicit_path(source: str) -> bool:
+    """Whether `source` can only be a path (./x, ../x, /x, ~/x, or with a backslash), never a preset or Hub id."""
+    return source.startswith(("/", "./", "../", "~", ".\\")) or "\\" in source
 
 
 def renamed_preset_message(name: str) -> str:
@@ -111,14 +122,21 @@ def input_size(config: Sam3Config) -> int:
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
-@torch.no_grad()
-def init_for_scratch_training(model: nn.Module) -> None:
+def init_for_scratch_training(model: Any) -> None:
     """Re-initialise a random model so it can learn from scratch (irrelevant when loading real weights).
 
     transformers draws every weight from N(0, 0.02); from scratch the FPN outputs then vanish and the ViT gets
     almost no gradient. Variance-preserving convs, xavier linears and reference boxes spread over the image fix
     that (see the CPU training notes).
     """
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        _init_for_scratch_training(model, torch, nn)
+
+
+def _init_for_scratch_training(model: Any, torch: Any, nn: Any) -> None:
     for module in model.modules():
         if isinstance(module, nn.Linear):
             nn.init.xavier_uniform_(module.weight)

@@ -15,7 +15,6 @@ from sam3_model.errors import ConfigError
 from verifiers.calibration import evaluate_verifiers, read_human_sample, write_calibration_report
 
 from .config import SynthConfig
-from .engine import build_chain
 
 
 def calibrate_config(config: SynthConfig, human: str | os.PathLike[str], out: str | os.PathLike[str],
@@ -24,7 +23,7 @@ def calibrate_config(config: SynthConfig, human: str | os.PathLike[str], out: st
     if not 0 < target_precision <= 1:
         raise ConfigError(f"--target-precision must be in (0, 1], got {target_precision}")
     sample = read_human_sample(human)
-    chain, _ = build_chain(config)
+    chain, _ = config.verify.build_chain()
     if not chain.mask and not chain.exhaustivity:
         raise ConfigError("the config's verify: section sets no verifier; nothing to calibrate")
     results = evaluate_verifiers(sample, chain.mask, chain.exhaustivity, target_precision)

@@ -1,6 +1,7 @@
 """The data-engine config: ontology, one image source, the teacher, the verifiers and how the run is spread.
 
-A YAML file maps onto `SynthConfig` (every key documented once, on its field; unknown keys are errors):
+A YAML file maps onto `SynthConfig` (every key documented once, on its field; unknown keys are errors, with a
+"did you mean"); the command line overrides any key with the same spelling (`--teacher.threshold=0.4`):
 
     ontology: food.yaml            # path (relative to this file) or an inline {concepts: [...]}
     source:
@@ -12,6 +13,8 @@ A YAML file maps onto `SynthConfig` (every key documented once, on its field; un
       teacher_confidence: {}       # cheap exhaustivity check
       vlm: {model: HuggingFaceTB/SmolVLM-256M-Instruct}
     run: {shard_size: 32, devices: 1}
+
+Paths are made absolute at load (against the file's folder): the engine never resolves one again.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sam3_model.configfile import dataclass_from_mapping, load_yaml_or_json
+from sam3_model.configs import MODEL, PATH, deep_merge, parse_dataclass, read_config_file, resolve_mapping_paths
 from sam3_model.errors import ConfigError
+from verifiers.configs import VerifyConfig
 
-from .labelling import TeacherConfig
 from .ontology import Ontology, load_ontology, ontology_from_mapping
 from .sources.copy_paste import CopyPasteConfig
 from .sources.generate import GenerateConfig
@@ -48,86 +51,56 @@ class SourceConfig:
             raise ConfigError(f"source: set exactly one of pool, toy, copy_paste, generate (got {names or 'none'})")
         return names[0]
 
+    def build(self, ontology: Ontology) -> Any:
+        """The configured image source."""
+        kind = self.chosen()
+        if kind == "pool":
+            from .sources.pool import PoolSource as Source
+        elif kind == "toy":
+            from .sources.toy import ToySource as Source
+        elif kind == "copy_paste":
+            from .sources.copy_paste import CopyPasteSource as Source
+        else:
+            from .sources.generate import GenerateSource as Source
+        return Source(getattr(self, kind), ontology)
 
-@dataclass
-class GeometricCheck:
-    """Mask verification by geometry: area, fragments, mask-box agreement, teacher score."""
 
-    min_area: float = 0.0005  # smallest mask, as a fraction of the image
-    max_area: float = 0.95  # largest mask, as a fraction of the image
-    max_fragments: int = 3  # most connected components (fragments under min_fragment of the mask ignored)
-    min_fragment: float = 0.02
-    min_box_iou: float = 0.5  # IoU between the mask's tight box and the predicted box
-    min_score: float = 0.0  # teacher score
-
-
-@dataclass
-class TeacherConfidenceCheck:
-    """Exhaustivity by the teacher's own doubts: unmatched low-score candidates, presence without instances."""
-
-    presence_accept: float = 0.5  # a pair with no instance but presence >= this is not a trusted negative
-    candidate_iou: float = 0.5  # a candidate overlapping an accepted instance by this much is that instance
+ParentPrompt = Literal["never", "fallback", "always"]
 
 
 @dataclass
-class ClipCheck:
-    """Mask verification by CLIP/SigLIP similarity of the masked crop with the phrase against its negatives."""
+class TeacherConfig:
+    """The teacher SAM 3 and how its detections become pseudo-labels."""
 
-    model: str  # Hub id or local directory of a CLIP or SigLIP model
-    threshold: float = 0.5  # on the phrase's probability
-    prompt_template: str = "a photo of a {phrase}"
-    contrast_phrases: list[str] = field(default_factory=lambda: ["an object", "background"])
-    batch_size: int = 32
-
-
-@dataclass
-class AgreementCheck:
-    """Agreement with a second teacher SAM 3 (mask IoU per instance; matched counts per pair)."""
-
-    model: str  # Hub id, local directory or preset of the second teacher
-    iou_threshold: float = 0.5
-    min_score: float = 0.5  # second-teacher detections that count
-    image_size: int | None = None
-    mask: bool = True  # judge instances
-    exhaustivity: bool = True  # judge pairs
+    model: str = field(default="facebook/sam3", metadata=MODEL)  # Hub id, local save_pretrained directory, or
+    #                                                                preset (tiny/small: random init)
+    image_size: int | None = None  # input resolution (None: the checkpoint's; 1008 for SAM 3)
+    threshold: float = 0.5  # keep detections scoring >= this (score = sigmoid(logit) * presence, as in SAM 3)
+    candidate_threshold: float = 0.2  # detections in [candidate_threshold, threshold) are kept as candidates
+    parent_prompt: ParentPrompt = "fallback"  # when to prompt a concept's parent phrase too
+    prompt_synonyms: bool = False  # also prompt each concept's synonyms (united with the concept's detections)
+    dedupe_iou: float = 0.7  # detections of one phrase overlapping more than this (mask IoU) are one instance
+    max_instances: int = 100  # at most this many instances per (image, phrase), best first
+    prompt_batch_size: int = 16  # phrases run together on one image's features
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    seed: int = 0  # initialisation seed of random-init presets (tiny/small)
 
 
-@dataclass
-class VlmCheck:
-    """A vision-language model answering the paper's multiple-choice MV / EV questions."""
-
-    model: str  # any transformers image-text-to-text chat model (Qwen2.5-VL, SmolVLM, ...)
-    threshold: float = 0.5  # on the probability of "accept"
-    mode: Literal["logits", "generate"] = "logits"  # option-letter probabilities, or parse a generated answer
-    batch_size: int = 8
-    max_new_tokens: int = 8
-    mask: bool = True
-    exhaustivity: bool = True
+def instance_json(inst: Instance, prompted_with: str) -> dict[str, Any]:
+    """An instance as JSON: RLE mask, xyxy pixel box, score and the prompt that found it."""
+    return {"mask": inst.mask, "box_xyxy_px": [round(float(v), 3) for v in inst.box_xyxy_px],
+            "score": round(float(inst.score), 6), "prompted_with": prompted_with}
 
 
-@dataclass
-class CropClassifierCheck:
-    """Mask verification by a small classifier trained on human-verified labels (verifiers.crop_classifier)."""
-
-    model: str  # directory written by CropClassifierVerifier.save
-    threshold: float = 0.5  # on the phrase's probability
-
-
-@dataclass
-class VerifyConfig:
-    """The verifiers, cheap first: geometric, crop_classifier, clip, agreement, vlm for masks; teacher_confidence,
-    agreement, vlm for exhaustivity. Unset ones are off; with none at all, the verified dataset equals the
-    pseudo-labels."""
-
-    geometric: GeometricCheck | None = None
-    teacher_confidence: TeacherConfidenceCheck | None = None
-    crop_classifier: CropClassifierCheck | None = None
-    clip: ClipCheck | None = None
-    agreement: AgreementCheck | None = None
-    vlm: VlmCheck | None = None
-    cascade: bool = True  # a later verifier does not see what an earlier one rejected
-    non_exhaustive: Literal["drop", "keep_flagged"] = "drop"  # an EV-rejected pair: dropped, or kept with its
-    #                                                            accepted instances and is_instance_exhaustive false
+def _dedupe(found: list[tuple[Instance, str]], iou: float) -> list[tuple[Instance, str]]:
+    """Greedy mask NMS: best score first, drop any later detection overlapping a kept one by more than `iou`."""
+    found = sorted(found, key=lambda f: -f[0].score)
+    kept: list[tuple[Instance, str]] = []
+    for inst, prompt in found:
+        if kept and mask_iou([inst.mask], [k.mask for k, _ in kept]).max() > iou:  # (1, K)
+            continue
+        kept.append((inst, prompt))
+    return kept
 
 
 @dataclass
@@ -146,13 +119,12 @@ class RunConfig:
 class SynthConfig:
     """Everything a data-engine run needs."""
 
-    ontology: str | dict[str, Any]  # an ontology file (relative to the config file) or an inline mapping
-    source: SourceConfig
+    ontology: str | dict[str, Any] = field(metadata=PATH)  # an ontology file or an inline {concepts: [...]}
+    source: SourceConfig = field(default_factory=SourceConfig)
     labels: Literal["teacher", "exact"] = "teacher"  # exact: use the source's exact labels (copy-paste, toy)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    base_dir: str = "."  # folder relative paths are resolved against (set to the config file's folder on load)
 
     def __post_init__(self) -> None:
         self.source.chosen()
@@ -167,27 +139,18 @@ class SynthConfig:
     def load_ontology(self) -> Ontology:
         """The ontology, read from its file or built from the inline mapping."""
         if isinstance(self.ontology, str):
-            return load_ontology(self.resolve(self.ontology))
+            return load_ontology(self.ontology)
         return ontology_from_mapping(self.ontology, "config: ontology")
-
-    def resolve(self, path: str) -> str:
-        """A config path made absolute against `base_dir` (absolute paths are left alone)."""
-        return path if os.path.isabs(path) else str(Path(self.base_dir) / path)
-
-
-def maybe_local(source: str, base: str | os.PathLike[str]) -> str:
-    """`source` as a path under `base` when such a directory exists there, else unchanged (a Hub id, a preset)."""
-    candidate = Path(base) / source
-    return str(candidate) if not os.path.isabs(source) and candidate.is_dir() else source
 
 
 def synth_config_from_mapping(data: Any, where: str, base_dir: str | os.PathLike[str] = ".") -> SynthConfig:
     """Build a `SynthConfig` from parsed YAML; relative paths resolve against `base_dir`."""
-    if isinstance(data, dict):
-        data = {**data, "base_dir": str(Path(base_dir).resolve())}
-    return dataclass_from_mapping(SynthConfig, data, where)
+    return parse_dataclass(SynthConfig, resolve_mapping_paths(SynthConfig, data, base_dir), where.rstrip(":"))
 
 
-def load_synth_config(path: str | os.PathLike[str]) -> SynthConfig:
-    """Read a data-engine YAML config."""
-    return synth_config_from_mapping(load_yaml_or_json(path, "synth config"), f"{path}:", Path(path).parent)
+def load_synth_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> SynthConfig:
+    """Read a data-engine YAML config (`overrides`: nested keys merged in, relative to the working directory)."""
+    data = resolve_mapping_paths(SynthConfig, read_config_file(path, "synth config"), Path(path).parent)
+    if overrides:
+        data = deep_merge(data, resolve_mapping_paths(SynthConfig, overrides, Path.cwd()))
+    return parse_dataclass(SynthConfig, data, str(path))

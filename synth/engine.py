@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from sam3_model.errors import ConfigError
 from sam3_model.predict import ConceptSegmenter
 from verifiers.compose import VerifierChain
 
-from .config import SynthConfig, maybe_local
+from .config import SynthConfig
 from .labelling import PseudoLabeller
 from .merge import MergeSettings, merge_run
 from .ontology import Ontology
@@ -32,18 +31,6 @@ from .summary import summarize, write_summary
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _absolute(config: Any, base: Path, fields: tuple[str, ...]) -> Any:
-    """A copy of a source config whose path fields are absolute against `base` (Hub ids left alone)."""
-    changes = {}
-    for name in fields:
-        value = getattr(config, name, None)
-        if isinstance(value, str) and value and not os.path.isabs(value):
-            changes[name] = str(base / value)
-        elif isinstance(value, list) and value:
-            changes[name] = [v if os.path.isabs(v) else str(base / v) for v in value]
-    return dataclasses.replace(config, **changes)
-
-
 def teacher_dtype(name: str, accelerator: str) -> torch.dtype | None:
     """The teacher's dtype: "auto" is bfloat16 on a GPU and float32 on CPU."""
     if name == "auto":
@@ -52,89 +39,15 @@ def teacher_dtype(name: str, accelerator: str) -> torch.dtype | None:
     return _DTYPES[name]
 
 
-def build_source(config: SynthConfig, ontology: Ontology) -> ImageSource:
-    """The configured image source, with its paths resolved against the config's folder."""
-    from .sources.copy_paste import CopyPasteSource
-    from .sources.generate import GenerateSource
-    from .sources.pool import PoolSource
-    from .sources.toy import ToySource
-
-    base = Path(config.base_dir)
-    pool_fields = ("folder", "glob", "list_file", "tars")
-    kind = config.source.chosen()
-    if kind == "pool":
-        return PoolSource(_absolute(config.source.pool, base, pool_fields), ontology)
-    if kind == "toy":
-        return ToySource(config.source.toy, ontology)
-    if kind == "copy_paste":
-        cp = config.source.copy_paste
-        cp = dataclasses.replace(_absolute(cp, base, ("instances", "images")),
-                                 backgrounds=_absolute(cp.backgrounds, base, pool_fields))
-        return CopyPasteSource(cp, ontology)
-    gen = config.source.generate
-    gen = dataclasses.replace(gen, pipeline=maybe_local(gen.pipeline, base))
-    if gen.inpaint is not None:
-        gen = dataclasses.replace(gen, inpaint=dataclasses.replace(
-            gen.inpaint, backgrounds=_absolute(gen.inpaint.backgrounds, base, pool_fields)))
-    return GenerateSource(gen, ontology)
-
-
 def build_labeller(config: SynthConfig, ontology: Ontology) -> PseudoLabeller | None:
     """The teacher pseudo-labeller (None with `labels: exact`)."""
     if config.labels == "exact":
         return None
     t = config.teacher
-    segmenter = ConceptSegmenter.from_pretrained(
-        maybe_local(t.model, Path(config.base_dir)), image_size=t.image_size,
-        dtype=teacher_dtype(t.dtype, config.run.accelerator), prompt_batch_size=t.prompt_batch_size)
+    segmenter = ConceptSegmenter.from_pretrained(t.model, image_size=t.image_size,
+                                                 dtype=teacher_dtype(t.dtype, config.run.accelerator),
+                                                 prompt_batch_size=t.prompt_batch_size)
     return PseudoLabeller(segmenter, ontology, t)
-
-
-def build_chain(config: SynthConfig) -> tuple[VerifierChain, dict[str, nn.Module]]:
-    """The configured verifier chain (cheap first) and the torch modules it runs."""
-    from verifiers.geometric import GeometricMaskVerifier, TeacherConfidenceVerifier
-
-    v, base = config.verify, Path(config.base_dir)
-    mask, exhaustivity, modules = [], [], {}
-    if v.geometric is not None:
-        mask.append(GeometricMaskVerifier(**dataclasses.asdict(v.geometric)))
-    if v.teacher_confidence is not None:
-        exhaustivity.append(TeacherConfidenceVerifier(**dataclasses.asdict(v.teacher_confidence)))
-    if v.crop_classifier is not None:
-        from verifiers.crop_classifier import CropClassifierVerifier
-
-        crop = CropClassifierVerifier.from_pretrained(maybe_local(v.crop_classifier.model, base),
-                                                      threshold=v.crop_classifier.threshold)
-        mask.append(crop)
-        modules["crop_classifier"] = crop.net
-    if v.clip is not None:
-        from verifiers.clip_score import ClipMaskVerifier
-
-        c = v.clip
-        clip = ClipMaskVerifier.from_pretrained(maybe_local(c.model, base), threshold=c.threshold,
-                                                prompt_template=c.prompt_template,
-                                                contrast_phrases=tuple(c.contrast_phrases), batch_size=c.batch_size)
-        mask.append(clip)
-        modules["clip"] = clip.model
-    if v.agreement is not None:
-        from verifiers.agreement import TeacherAgreementVerifier
-
-        a = v.agreement
-        agree = TeacherAgreementVerifier.from_pretrained(maybe_local(a.model, base), image_size=a.image_size,
-                                                         iou_threshold=a.iou_threshold, min_score=a.min_score)
-        mask += [agree] if a.mask else []
-        exhaustivity += [agree] if a.exhaustivity else []
-        modules["agreement"] = agree.segmenter.model
-    if v.vlm is not None:
-        from verifiers.vlm import VlmVerifier
-
-        m = v.vlm
-        vlm = VlmVerifier.from_pretrained(maybe_local(m.model, base), threshold=m.threshold, mode=m.mode,
-                                          batch_size=m.batch_size, max_new_tokens=m.max_new_tokens)
-        mask += [vlm] if m.mask else []
-        exhaustivity += [vlm] if m.exhaustivity else []
-        modules["vlm"] = vlm.model
-    return VerifierChain(mask, exhaustivity, cascade=v.cascade), modules
 
 
 class SynthRun:
@@ -159,7 +72,7 @@ class SynthRun:
     # ----- plan -----------------------------------------------------------------------------------------------
     def source(self) -> ImageSource:
         if self._source is None:
-            self._source = build_source(self.config, self.ontology)
+            self._source = self.config.source.build(self.ontology)
         return self._source
 
     def plan(self) -> list[dict[str, Any]]:
@@ -197,7 +110,7 @@ class SynthRun:
     def verify(self) -> int:
         """Run the verifiers on every labelled pair."""
         self._require("label")
-        chain, modules = (self._chain, {}) if self._chain is not None else build_chain(self.config)
+        chain, modules = (self._chain, {}) if self._chain is not None else self.config.verify.build_chain()
         stage = VerifyStage(chain, self.ontology, self.run_dir, modules)
         return self._run(stage, StageOutput(self.run_dir, "label"))
 

@@ -20,26 +20,8 @@ from sam3_model.predict import ConceptSegmenter
 from sam3_model.records import ConceptResult, Instance
 from verifiers.geometric import mask_iou
 
+from .config import ParentPrompt, TeacherConfig  # noqa: F401 - the teacher's settings live with the config
 from .ontology import Ontology
-
-ParentPrompt = Literal["never", "fallback", "always"]
-
-
-@dataclass
-class TeacherConfig:
-    """The teacher SAM 3 and how its detections become pseudo-labels."""
-
-    model: str = "facebook/sam3"  # Hub id, local save_pretrained directory, or preset (tiny/small: random init)
-    image_size: int | None = None  # input resolution (None: the checkpoint's; 1008 for SAM 3)
-    threshold: float = 0.5  # keep detections scoring >= this (score = sigmoid(logit) * presence, as in SAM 3)
-    candidate_threshold: float = 0.2  # detections in [candidate_threshold, threshold) are kept as candidates
-    parent_prompt: ParentPrompt = "fallback"  # when to prompt a concept's parent phrase too
-    prompt_synonyms: bool = False  # also prompt each concept's synonyms (united with the concept's detections)
-    dedupe_iou: float = 0.7  # detections of one phrase overlapping more than this (mask IoU) are one instance
-    max_instances: int = 100  # at most this many instances per (image, phrase), best first
-    prompt_batch_size: int = 16  # phrases run together on one image's features
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on GPU, float32 on CPU
-    seed: int = 0  # initialisation seed of random-init presets (tiny/small)
 
 
 def instance_json(inst: Instance, prompted_with: str) -> dict[str, Any]:
@@ -57,7 +39,6 @@ def _dedupe(found: list[tuple[Instance, str]], iou: float) -> list[tuple[Instanc
             continue
         kept.append((inst, prompt))
     return kept
-
 
 @dataclass
 class PhraseLabel:

@@ -151,6 +151,6 @@ def ontology_from_mapping(data: Any, source: str = "<inline>") -> Ontology:
 
 def load_ontology(path: str | os.PathLike[str]) -> Ontology:
     """Read an ontology YAML or JSON file."""
-    from sam3_model.configfile import load_yaml_or_json
+    from sam3_model.configs import read_config_file
 
-    return ontology_from_mapping(load_yaml_or_json(Path(path), "ontology"), str(path))
+    return ontology_from_mapping(read_config_file(Path(path), "ontology"), str(path))

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from transformers import Sam3Model
 
-from adapt.cli import main
-from adapt.predict_cli import overlay_paths, parse_box
+from sam3_adapt.cli import main
+from adapt.predicting import overlay_paths, parse_box
 from sam3_model.loading import load_model
 from sam3_model.predict import ConceptSegmenter
 from sam3_model.records import ConceptPrompt, decode_mask, encode_mask
@@ -201,7 +201,7 @@ def test_overfit_then_export(tmp_path, capsys):
 def test_console_script_prints_no_traceback(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"garbage")
-    proc = subprocess.run([sys.executable, "-m", "adapt.cli", "predict", "--image", str(bad), "--model", "tiny",
+    proc = subprocess.run([sys.executable, "-m", "sam3_adapt", "predict", "--image", str(bad), "--model", "tiny",
                            "--prompt", "x", "--out", str(tmp_path / "p.json")], check=False, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2

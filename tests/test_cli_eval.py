@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from adapt.cli import main
+from sam3_adapt.cli import main
 from sam3_model.records import encode_mask
 
 H, W = 40, 60

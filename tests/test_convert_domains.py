@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adapt.cli import main
+from sam3_adapt.cli import main
 from adapt.data.convert_domains import (
     convert_binary_masks,
     convert_foodseg103,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from PIL import Image
 
 from adapt.data.coco_reader import read_coco
-from adapt.data.convert_cli import add_convert_parser
+from sam3_adapt.cli import main
 from adapt.data.convert_semantic import convert_semantic_masks, load_class_map
 from adapt.data.convert_yolo import convert_yolo, load_names
 from sam3_model.errors import ConfigError, DatasetError
@@ -227,27 +226,19 @@ def test_yolo_unreadable_image_and_names(tmp_path):
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="test")
-    add_convert_parser(parser.add_subparsers(dest="verb", required=True))
-    return parser
-
-
 def test_cli_convert_yolo_and_semantic(tmp_path, capsys):
     names = _yolo_dataset(tmp_path / "y", {"a": "0 0.1 0.2 0.5 0.2 0.5 0.8\n"})
     out = tmp_path / "y" / "train.json"
-    args = _parser().parse_args(["convert", "yolo", "--images", str(tmp_path / "y" / "images"),
-                                 "--labels", str(tmp_path / "y" / "labels"), "--names", str(names), "--out", str(out)])
-    assert args.func(args) == 0
+    assert main(["convert", "yolo", "--images", str(tmp_path / "y" / "images"),
+                 "--labels", str(tmp_path / "y" / "labels"), "--names", str(names), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}: 2 images, 1 instances"
 
     _, classes = _semantic_dataset(tmp_path / "s")
     _image(tmp_path / "s" / "images" / "b.jpg")  # no mask: skipped
     out = tmp_path / "s" / "train.json"
-    args = _parser().parse_args(["convert", "semantic", "--images", str(tmp_path / "s" / "images"),
-                                 "--masks", str(tmp_path / "s" / "masks"), "--classes", str(classes),
-                                 "--out", str(out), "--min-area", "7", "--on-error", "skip"])  # fmt: skip
-    assert args.func(args) == 0
+    assert main(["convert", "semantic", "--images", str(tmp_path / "s" / "images"),
+                 "--masks", str(tmp_path / "s" / "masks"), "--classes", str(classes),
+                 "--out", str(out), "--min-area", "7", "--on-error", "skip"]) == 0  # the old spellings still work
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"wrote {out}: 1 images, 1 instances; skipped 1 images with problems (first: ")
     assert "no mask 'b.png'" in line and "\n" not in line

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+import lightning as L
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sam3_model.errors import ModelLoadError
@@ -73,3 +77,24 @@ def test_unknown_phrases_are_not_judged_and_save_load_round_trips(trained, tmp_p
         verifier.verify_masks([item])[0][0].accept_score, abs=1e-6)
     with pytest.raises(ModelLoadError, match="train a crop classifier"):
         CropClassifierVerifier.from_pretrained(tmp_path / "missing")
+
+
+def test_training_runs_through_lightning_and_leaves_torch_flags_alone(monkeypatch):
+    fitted, fit = [], L.Trainer.fit
+
+    def recording_fit(self, *args, **kwargs):
+        fitted.append(self)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "fit", recording_fit)
+    data = [(img, [o for o, _ in objs]) for img, objs in toy_examples(3, 6)]
+    config = CropClassifierConfig(epochs=2, batch_size=8)
+    deterministic, benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    verifier, report = train_crop_classifier(data, PHRASES, config)
+    [trainer] = fitted
+    assert trainer.global_step == 2 * math.ceil(report["examples"] / 8)
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == (deterministic, benchmark)
+    again, report_again = train_crop_classifier(data, PHRASES, config)  # seeded: the same weights and report
+    assert report_again == report
+    for key, value in verifier.net.state_dict().items():
+        assert torch.equal(value, again.net.state_dict()[key]), key

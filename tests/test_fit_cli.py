@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from adapt.cli import main
+from sam3_adapt.cli import main
 from fabricate import make_coco_dataset
 
 TESTS = Path(__file__).parent

@@ -26,7 +26,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from adapt.cli import main
+from sam3_adapt.cli import main
 from adapt.data.readers import read_dataset
 from adapt.evaluation import evaluate
 from adapt.evaluation.cgf1 import official_keys

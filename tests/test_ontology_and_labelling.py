@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam3_model.configfile import dataclass_from_mapping
+from sam3_model.configs import parse_dataclass
 from sam3_model.errors import ConfigError
 from sam3_model.records import ConceptPrompt, ConceptResult, Instance, encode_mask
 from synth.labelling import PseudoLabeller, TeacherConfig
@@ -57,14 +57,15 @@ class _Outer:
 
 
 def test_config_loading_is_typed_and_names_the_key() -> None:
-    cfg = dataclass_from_mapping(_Outer, {"name": "x", "inner": {"ratio": 1}, "sizes": [3, 4]}, "c.yaml:")
+    cfg = parse_dataclass(_Outer, {"name": "x", "inner": {"ratio": 1}, "sizes": [3, 4]}, "c.yaml")
     assert cfg == _Outer("x", _Inner(3, 1.0), (3, 4), [])
-    for data, message in [({"name": "x", "inner": {"sise": 1}}, "c.yaml: inner: unknown key 'sise'"),
+    for data, message in [({"name": "x", "inner": {"sise": 1}}, "c.yaml: unknown key 'inner.sise'; did you mean "
+                                                                 "'inner.size'?"),
                           ({"name": "x", "inner": {"size": "big"}}, "c.yaml: inner.size: expected an integer"),
-                          ({"name": "x", "sizes": [1]}, "c.yaml: sizes: expected a list of 2 values"),
+                          ({"name": "x", "sizes": [1]}, "c.yaml: sizes: expected tuple with 2 elements"),
                           ({}, "c.yaml: name: missing")]:
         with pytest.raises(ConfigError) as err:
-            dataclass_from_mapping(_Outer, data, "c.yaml:")
+            parse_dataclass(_Outer, data, "c.yaml")
         assert str(err.value).startswith(message)
 
 

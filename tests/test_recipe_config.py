@@ -1,5 +1,5 @@
 """Recipes as files: the built-in recipes load, `recipe check` says what is missing and where to get it, a bad
-recipe fails with one line naming the file and the key, and `--set` overrides merge into a recipe."""
+recipe fails with one line naming the file and the key, and dotted overrides merge into a recipe."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adapt.cli import main
+from sam3_adapt.cli import main
 from recipes.check import check_message, check_recipe
-from recipes.cli import parse_sets
 from recipes.config import ARMS, BUILTIN, RECIPES_DIR, RecipeConfig, load_recipe
 from recipes.data import synth_config
 from sam3_model.errors import ConfigError
@@ -78,7 +77,8 @@ def ready_recipe(folder: Path) -> dict:
 def test_every_builtin_recipe_loads_with_valid_data_engine_sections(name):
     recipe = load_recipe(name)
     assert isinstance(recipe, RecipeConfig) and recipe.name == name
-    assert Path(recipe.base_dir) == RECIPES_DIR  # its relative paths resolve next to the YAML file
+    if isinstance(recipe.ontology, str):  # its relative paths were made absolute next to the YAML file, at load
+        assert Path(recipe.ontology).is_absolute()
     for images in (recipe.pool, recipe.generator):  # the data-engine config each image source becomes
         if images is not None:
             config = synth_config(recipe, images, None, progress=False)
@@ -94,10 +94,11 @@ def test_the_real_recipes_run_the_papers_study_on_sam3_and_a_gpu(name):
     assert recipe.arms == list(ARMS) and recipe.mixes == ["none", "general"] and recipe.seeds == [0, 1, 2]
     assert recipe.sizes == sorted(recipe.sizes) and len(recipe.sizes) == 3
     for ref in (recipe.hq.train, recipe.hq.test):  # converted public data, with where to get it
-        assert ref.toy is None and ref.path.endswith(".json") and not Path(ref.path).is_absolute()
+        assert ref.toy is None and ref.path.endswith(".json")
+        assert Path(ref.path).is_relative_to(RECIPES_DIR)  # made absolute at load, next to the recipe file
         assert "https://" in ref.get and "sam3-adapt convert" in ref.get
-    assert recipe.pool is not None and recipe.pool.get and "pool" in recipe.pool.source
-    assert recipe.generator.source["generate"]["pipeline"] == "stabilityai/sd-turbo"
+    assert recipe.pool is not None and recipe.pool.get and recipe.pool.source.pool is not None
+    assert recipe.generator.source.generate.pipeline == "stabilityai/sd-turbo"  # a Hub id stays one
     assert recipe.general is not None and "optional" in recipe.general.get and "mixes=[none]" in recipe.general.get
     teacher = recipe.teacher_config()
     assert (teacher.model, teacher.threshold, teacher.parent_prompt) == ("facebook/sam3", 0.5, "fallback")
@@ -108,7 +109,8 @@ def test_the_real_recipes_run_the_papers_study_on_sam3_and_a_gpu(name):
 
 
 def test_the_real_recipes_data_engine_sources_are_checked_on_load():
-    with pytest.raises(ConfigError, match=r"food\.yaml: generator: source\.generate: unknown key 'pipline'"):
+    with pytest.raises(ConfigError, match=r"food\.yaml: unknown key 'generator\.source\.generate\.pipline'; did you "
+                                          r"mean 'generator\.source\.generate\.pipeline'\?"):
         load_recipe("food", {"generator": {"source": {"generate": {"pipline": "x"}}}})
 
 
@@ -128,7 +130,7 @@ def test_check_names_each_missing_file_of_food_and_where_to_get_it(hub_offline):
     assert findings["generator.source.generate.pipeline"].fatal
     assert findings["general"].fatal and "cocodataset.org" in findings["general"].get
     message = check_message(recipe, list(findings.values()), "food")
-    assert message.splitlines()[0] == f"recipe food (food): {len(findings)} missing:"
+    assert message.splitlines()[0] == f"recipe food: {len(findings)} missing:"
     assert all(f"  {f.line()}" in message.splitlines() for f in findings.values())
 
 
@@ -141,17 +143,17 @@ def test_recipe_check_cli_exits_2_and_prints_the_missing_files_and_their_source(
     assert "--split test --out data/food/FoodSeg103/test.json" in out
 
 
-def test_set_points_a_builtin_recipe_at_your_files_and_hub_models_download_on_first_use(hub_online, tmp_path,
-                                                                                        capsys):
+def test_overrides_point_a_builtin_recipe_at_your_files_and_hub_models_download_on_first_use(hub_online, tmp_path,
+                                                                                              capsys):
     data = tmp_path / "FoodSeg103"
     (data / "Images" / "img_dir" / "train").mkdir(parents=True)
     for split in ("train", "test"):
         (data / f"{split}.json").write_text(json.dumps(COCO))
     sets = [f"hq.train.path={data / 'train.json'}", f"hq.test.path={data / 'test.json'}",
             f"pool.source.pool.folder={data / 'Images/img_dir/train'}", "mixes=[none]"]
-    assert main(["recipe", "check", "food", *[a for s in sets for a in ("--set", s)]]) == 0
+    assert main(["recipe", "check", "food", *[f"--{s}" for s in sets]]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"recipe food ({RECIPES_DIR / 'food.yaml'}): ready; 2 model(s) will be downloaded")
+    assert out.startswith("recipe food: ready; 2 model(s) will be downloaded")
     assert "base_model: model facebook/sam3 is not in the local Hugging Face cache." in out
     assert "generator.source.generate.pipeline: model stabilityai/sd-turbo" in out
 
@@ -165,7 +167,7 @@ def test_a_recipe_with_its_data_present_is_ready_and_a_preset_base_needs_no_down
     recipe = load_recipe(path)
     assert check_recipe(recipe) == []
     assert main(["recipe", "check", str(path)]) == 0
-    assert capsys.readouterr().out.strip() == f"recipe mine ({path}): ready."
+    assert capsys.readouterr().out.strip() == "recipe mine: ready."
 
 
 def test_check_reports_only_what_is_missing_with_its_get_text(hub_offline, tmp_path):
@@ -206,10 +208,10 @@ def test_hub_ids_with_dots_are_hub_models_and_paths_are_local_folders(hub_online
 def test_check_finds_a_missing_toy_ontology_file(hub_offline, tmp_path):
     folder = tmp_path / "study"
     data = ready_recipe(folder)
-    data["general"] = {"toy": {"num_images": 4, "ontology": "general-ontology.yaml"}}
+    data["general"] = {"toy": {"num_images": 4}, "ontology": "general-ontology.yaml"}
     path = write_recipe(folder, data)
     assert [f.line() for f in check_recipe(load_recipe(path))] == [
-        f"general.toy.ontology: {folder / 'general-ontology.yaml'} not found."]
+        f"general.ontology: {folder / 'general-ontology.yaml'} not found."]
     (folder / "general-ontology.yaml").write_text("concepts: [{name: circle}]\n")
     assert check_recipe(load_recipe(path)) == []
 
@@ -229,7 +231,7 @@ BAD = {
                      ["hq.train: a dataset needs exactly one of path"]),
     "unknown key": ({"trian": {"steps": 5}}, ["unknown key 'trian'"]),
     "bad pool source key": ({"pool": {"source": {"pool": {"foldr": "photos"}}}},
-                            ["pool: source.pool: unknown key 'foldr'"]),
+                            ["unknown key 'pool.source.pool.foldr'; did you mean 'pool.source.pool.folder'?"]),
     "bad teacher value": ({"teacher": {"threshold": "high"}}, ["teacher.threshold: expected a number, got 'high'"]),
     "steps below one": ({"train": {"steps": 0}}, ["train.steps must be >= 1, got 0"]),
 }
@@ -277,46 +279,32 @@ def test_the_cli_says_a_missing_recipe_file_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "no such recipe file" in err and "demo, food, medical, industrial" in err
 
 
-# ----- --set overrides ------------------------------------------------------------------------------------------
-def test_parse_sets_builds_nested_overrides_from_yaml_values():
-    assert parse_sets(["train.steps=50", "sizes=[20, 40]", "hq.train.toy.num_images=5", "tracking.wandb=disabled"]) == {
-        "train": {"steps": 50}, "sizes": [20, 40], "hq": {"train": {"toy": {"num_images": 5}}},
-        "tracking": {"wandb": "disabled"}}
-    assert parse_sets(None) == {} and parse_sets(["a.b=1", "a.c=x"]) == {"a": {"b": 1, "c": "x"}}
-
-
-@pytest.mark.parametrize("item, says", [("foo", "expected KEY=VALUE"), ("=5", "expected KEY=VALUE"),
-                                        ("sizes=[1, 2", "the value does not parse as YAML")])
-def test_a_malformed_set_is_a_config_error(item, says):
-    with pytest.raises(ConfigError) as err:
-        parse_sets([item])
-    assert str(err.value).startswith(f"--set {item!r}: {says}")
-
-
-def test_a_set_that_is_a_value_and_a_section_at_once_is_a_config_error():
-    with pytest.raises(ConfigError, match="train is set to a value and a section at once"):
-        parse_sets(["train=5", "train.steps=3"])
-
-
+# ----- overrides ------------------------------------------------------------------------------------------------
 def test_load_recipe_merges_overrides_key_by_key():
     shipped = yaml.safe_load((RECIPES_DIR / "demo.yaml").read_text())
-    recipe = load_recipe("demo", parse_sets(["train.steps=50", "sizes=[20, 40]", "hq.train.toy.num_images=5"]))
+    recipe = load_recipe("demo", {"train": {"steps": 50}, "sizes": [20, 40], "hq": {"train": {"toy": {"num_images": 5}}}})
     assert recipe.train.steps == 50 and recipe.sizes == [20, 40]
     assert recipe.train.batch_size == shipped["train"]["batch_size"]  # siblings of an overridden key stay
     assert recipe.train.optimizer.lr == shipped["train"]["optimizer"]["lr"]
     assert recipe.train.accelerator == shipped["train"]["accelerator"]
-    assert recipe.hq.train.toy == {**shipped["hq"]["train"]["toy"], "num_images": 5}
-    assert recipe.hq.test.toy == shipped["hq"]["test"]["toy"]
+    train_toy, test_toy = shipped["hq"]["train"]["toy"], shipped["hq"]["test"]["toy"]
+    assert recipe.hq.train.toy.num_images == 5 and recipe.hq.train.toy.seed == train_toy["seed"]  # merged key by key
+    assert (recipe.hq.test.toy.num_images, recipe.hq.test.toy.seed) == (test_toy["num_images"], test_toy["seed"])
     assert load_recipe("demo").train.steps == shipped["train"]["steps"]  # the file itself is untouched
 
 
-def test_the_cli_rejects_a_malformed_set_in_one_line(capsys):
-    assert main(["recipe", "check", "demo", "--set", "foo"]) == 2
+def test_an_unknown_override_is_one_line_with_the_closest_key(capsys):
+    assert main(["recipe", "check", "demo", "--train.stpes=50"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--set 'foo': expected KEY=VALUE" in err
+    assert err.count("\n") == 1 and "--train.stpes" in err and "did you mean --train.steps?" in err
 
 
-def test_a_set_value_is_checked_like_the_file(capsys):
-    assert main(["recipe", "check", "demo", "--set", "train.steps=lots"]) == 2
+def test_the_old_set_spelling_still_works(capsys):
+    assert main(["recipe", "check", "demo", "--set", "train.steps=50", "--set", "sizes=[20, 40]"]) == 0
+    assert "recipe demo" in capsys.readouterr().out
+
+
+def test_an_override_is_checked_like_the_file(capsys):
+    assert main(["recipe", "check", "demo", "--train.steps=lots"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "demo.yaml: train.steps: expected an integer, got 'lots'" in err

@@ -50,7 +50,7 @@ def _cmdline(pid: int) -> str:
 
 
 def test_sigkill_of_recipe_run_ends_its_training_workers(tmp_path):
-    sets = [f"--set={key}={json.dumps(value)}" for key, value in OVERRIDES.items()]
+    sets = [f"--{key}={json.dumps(value)}" for key, value in OVERRIDES.items()]
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     process = subprocess.Popen([str(CLI), "recipe", "run", "demo", "--out", str(tmp_path / "out"), "--quiet", *sets],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)

@@ -130,7 +130,7 @@ def test_results_markdown_reports_mean_spread_and_gain():
 def test_the_shipped_demo_base_is_a_plain_transformers_checkpoint():
     from transformers import Sam3Model
 
-    base = Path(load_recipe("demo").model_source("demo_base"))
+    base = Path(load_recipe("demo").base_model)
     training = json.loads((base / "training.json").read_text())
     model = Sam3Model.from_pretrained(base)
     assert model.config.vision_config.backbone_config.image_size == training["training"]["size"]
@@ -141,7 +141,7 @@ def test_each_run_writes_the_fit_config_that_retrains_it(demo_run, tmp_path):
     """`sam3-adapt fit --config runs/<run>/fit.yaml` trains the arm again: same steps, same test scores."""
     import yaml
 
-    from adapt.cli import main
+    from sam3_adapt.cli import main
 
     out, first, _, _, _ = demo_run
     row = next(r for r in first.rows if r["arm"] == "hq")

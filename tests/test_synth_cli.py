@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 from tiny_vlm import build_tiny_vlm
 
-from adapt.cli import main
+from sam3_adapt.cli import main
 from adapt.data.readers import read_dataset
 from synth_helpers import ONTOLOGY
 
@@ -67,7 +67,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys) -> None:
     typo = _write_config(tmp_path / "typo.yaml", source={"toy": {"num_imgs": 1}})
     assert main(["synth", "run", str(typo), "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
-    assert "typo.yaml: source.toy: unknown key 'num_imgs'" in err and err.count("\n") == 1
+    assert "typo.yaml: unknown key 'source.toy.num_imgs'; did you mean 'source.toy.num_images'?" in err and err.count("\n") == 1
     config = _write_config(tmp_path / "synth.yaml", source={"toy": {"num_images": 1}})
     assert main(["synth", "verify", str(config), "--out", str(tmp_path / "o3")]) == 2
     assert "synth generate" in capsys.readouterr().err

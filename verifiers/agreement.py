@@ -9,6 +9,7 @@ hold the same PIL object (`id(item.image)`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,17 @@ class TeacherAgreementVerifier:
     ) -> None:
         self.segmenter, self.name = segmenter, name
         self.iou_threshold, self.min_score = iou_threshold, min_score
+
+    @classmethod
+    def from_config(cls, config: Any) -> TeacherAgreementVerifier:
+        """The verifier a `verifiers.configs.AgreementConfig` describes."""
+        return cls.from_pretrained(config.model, image_size=config.image_size, iou_threshold=config.iou_threshold,
+                                   min_score=config.min_score)
+
+    @property
+    def torch_module(self) -> Any:
+        """The second teacher's model, which the data engine moves to its device."""
+        return self.segmenter.model
 
     @classmethod
     def from_pretrained(cls, source: str, *, name: str = "agreement", iou_threshold: float = 0.5,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,6 +97,17 @@ class ClipMaskVerifier:
         self.contrast_phrases, self.batch_size = tuple(contrast_phrases), batch_size
         self.padding, self.fill = padding, tuple(int(c) for c in fill)
         self.sigmoid = str(getattr(model.config, "model_type", "")).startswith("siglip")
+
+    @classmethod
+    def from_config(cls, config: Any) -> ClipMaskVerifier:
+        """The verifier a `verifiers.configs.ClipConfig` describes."""
+        return cls.from_pretrained(config.model, threshold=config.threshold, prompt_template=config.prompt_template,
+                                   contrast_phrases=tuple(config.contrast_phrases), batch_size=config.batch_size)
+
+    @property
+    def torch_module(self) -> Any:
+        """The model the data engine moves to its device."""
+        return self.model
 
     @classmethod
     def from_pretrained(

@@ -3,51 +3,43 @@
 The paper trains its verifiers on human verification labels (SAM 3 §D.4); this is that idea at toy scale. Each
 labelled object (a mask in an image, the phrases it is an instance of, the phrases it is known not to be) becomes
 a crop around its box, resized to `crop_size`, with the mask as a fourth channel. A small CNN learns one sigmoid
-per phrase of its vocabulary; unknown (phrase, object) combinations are left out of the loss. Background crops
-(no object) teach it to reject masks of nothing. As an MV verifier it accepts an instance when the probability of
+per phrase of its vocabulary (`CropClassifierModule`, trained by a Lightning `Trainer` on the CPU); unknown
+(phrase, object) combinations are left out of the loss. Background crops (no object) teach it to reject masks of
+nothing. As an MV verifier it accepts an instance when the probability of
 its pair's phrase is at least `threshold`; a phrase outside its vocabulary is accepted with a reason saying so
 (it cannot judge it), so the verifier never silently drops data it knows nothing about.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from sam3_model.atomic import atomic_write_text
 from sam3_model.errors import ConfigError, ModelLoadError
 from sam3_model.records import RLE, decode_mask
 
 from .base import Verdict, VerifyItem
+from .configs import CropClassifierConfig
 from .geometric import mask_box
 
 CONFIG_NAME = "crop_classifier.json"
 WEIGHTS_NAME = "crop_classifier.safetensors"
-
-
-@dataclass
-class CropClassifierConfig:
-    """Crop geometry and training settings of the crop classifier."""
-
-    crop_size: int = 32  # crops are resized to crop_size x crop_size
-    margin: float = 0.15  # box enlarged by this fraction of its side on each side
-    width: int = 32  # channels of the first conv (doubled twice)
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 3e-3
-    background_per_image: int = 1  # random background crops per image, negatives for every phrase
-    threshold: float = 0.5  # accept when P(phrase) >= threshold
-    seed: int = 0
 
 
 @dataclass
@@ -144,6 +136,11 @@ class CropClassifierVerifier:
         self.batch_size = batch_size
         self._index = {p: i for i, p in enumerate(self.phrases)}
 
+    @property
+    def torch_module(self) -> Any:
+        """The network the data engine moves to its device."""
+        return self.net
+
     @torch.no_grad()
     def probabilities(self, crops: torch.Tensor) -> torch.Tensor:
         """(N, 4, S, S) crops -> (N, P) phrase probabilities."""
@@ -197,37 +194,103 @@ class CropClassifierVerifier:
         return cls(net, info["phrases"], config, threshold=threshold)
 
 
+class CropBatches(Dataset):
+    """The training batches of every epoch, in order: step i's (crops, targets, known) of one `batch_size` batch.
+
+    The plan is drawn up front from one generator seeded with `seed`: each epoch a random permutation of the
+    crops split into batches, and for each batch which crops are flipped horizontally (p 0.5), so the batches do
+    not depend on how (or how far ahead) a loader fetches them.
+    """
+
+    def __init__(self, crops: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, batch_size: int,
+                 epochs: int, seed: int) -> None:
+        self.crops, self.targets, self.known = crops, targets, known  # (N, 4, S, S), (N, P), (N, P)
+        generator = torch.Generator().manual_seed(seed)
+        self.plan: list[tuple[torch.Tensor, torch.Tensor]] = []  # (B,) crop indices, (B,) bool flips
+        for _ in range(epochs):
+            order = torch.randperm(len(crops), generator=generator)
+            for batch in order.split(batch_size):
+                self.plan.append((batch, torch.rand(len(batch), generator=generator) < 0.5))
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, 4, S, S) crops (some flipped), (B, P) targets, (B, P) known-label mask of step `step`."""
+        index, flip = self.plan[step]
+        x = self.crops[index]
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)  # horizontal flips keep every toy label
+        return x, self.targets[index], self.known[index]
+
+
+class CropClassifierModule(L.LightningModule):
+    """Trains a `CropNet`: BCE over the known (phrase, crop) labels only, AdamW with OneCycleLR over `total_steps`."""
+
+    def __init__(self, net: CropNet, lr: float, total_steps: int, weight_decay: float = 1e-4) -> None:
+        super().__init__()
+        self.net, self.lr, self.total_steps, self.weight_decay = net, lr, total_steps, weight_decay
+        self.last_loss = torch.zeros(())  # loss of the latest step
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Mean BCE over the batch's known labels."""
+        x, targets, known = batch  # (B, 4, S, S), (B, P), (B, P)
+        per = F.binary_cross_entropy_with_logits(self.net(x), targets, reduction="none")  # (B, P)
+        loss = (per * known).sum() / known.sum().clamp(min=1)
+        self.last_loss = loss.detach()
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        """AdamW and a OneCycleLR stepped after every optimizer step."""
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, self.lr, total_steps=self.total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+@contextlib.contextmanager
+def _quiet_deterministic_lightning() -> Iterator[None]:
+    """No Lightning banner lines or one-process warnings; restore the global torch flags a deterministic Trainer
+    sets (deterministic algorithms, cuDNN benchmark, cuBLAS workspace), so later jobs in this process run as before."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = log.level
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for message in (".*does not have many workers.*", ".*smaller than the logging interval.*",
+                            ".*LeafSpec.*"):
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        log.setLevel(level)
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+        torch.backends.cudnn.benchmark = flags[2]
+        if flags[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = flags[3]
+
+
 def train_crop_classifier(images: Sequence[tuple[Image.Image, Sequence[LabelledObject]]], phrases: Sequence[str],
                           config: CropClassifierConfig | None = None) -> tuple[CropClassifierVerifier, dict]:
     """Train on human-labelled objects; returns the verifier and a report (examples, final loss, train accuracy)."""
     cfg = config or CropClassifierConfig()
-    crops, targets, known = build_training_set(images, phrases, cfg)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    crops, targets, known = build_training_set(images, phrases, cfg)  # (N, 4, S, S), (N, P), (N, P)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         net = CropNet(len(phrases), cfg.width)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    steps = cfg.epochs * max(1, -(-len(crops) // cfg.batch_size))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=steps)
+    batches = CropBatches(crops, targets, known, cfg.batch_size, cfg.epochs, cfg.seed)
+    steps = len(batches)  # epochs x ceil(N / batch_size)
+    module = CropClassifierModule(net, cfg.lr, steps)
     net.train()
-    loss = torch.zeros(())
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(crops), generator=generator)
-        for batch in order.split(cfg.batch_size):
-            x = crops[batch]
-            flip = torch.rand(len(x), generator=generator) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)  # horizontal flips keep every toy label
-            logits = net(x)
-            per = F.binary_cross_entropy_with_logits(logits, targets[batch], reduction="none")
-            loss = (per * known[batch]).sum() / known[batch].sum().clamp(min=1)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    with _quiet_deterministic_lightning():
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, deterministic=True)
+        trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False, num_workers=0))
     verifier = CropClassifierVerifier(net, phrases, cfg)
     with torch.no_grad():
         correct = ((verifier.probabilities(crops) >= 0.5).float() == targets).float()
     accuracy = float((correct * known).sum() / known.sum().clamp(min=1))
-    report = {"examples": len(crops), "phrases": list(phrases), "final_loss": round(float(loss.detach()), 4),
+    report = {"examples": len(crops), "phrases": list(phrases), "final_loss": round(float(module.last_loss), 4),
               "train_accuracy": round(accuracy, 4)}
     return verifier, report

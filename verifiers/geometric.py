@@ -7,7 +7,9 @@ detections below the keep threshold. Both are heuristics, not the paper's fine-t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -70,6 +72,11 @@ class GeometricMaskVerifier:
         self.min_area, self.max_area = min_area, max_area
         self.max_fragments, self.min_fragment = max_fragments, min_fragment
         self.min_box_iou, self.min_score = min_box_iou, min_score
+
+    @classmethod
+    def from_config(cls, config: Any) -> GeometricMaskVerifier:
+        """The verifier a `verifiers.configs.GeometricConfig` describes."""
+        return cls(**dataclasses.asdict(config))
 
     def verify_masks(self, items: Sequence[VerifyItem]) -> list[list[Verdict]]:
         """One verdict per instance of every item."""
@@ -135,6 +142,11 @@ class TeacherConfidenceVerifier:
         self.name = name
         self.presence_accept, self.candidate_iou = presence_accept, candidate_iou
         self.min_candidate_score = min_candidate_score
+
+    @classmethod
+    def from_config(cls, config: Any) -> TeacherConfidenceVerifier:
+        """The verifier a `verifiers.configs.TeacherConfidenceConfig` describes."""
+        return cls(**dataclasses.asdict(config))
 
     def verify_exhaustivity(self, items: Sequence[VerifyItem]) -> list[Verdict]:
         """One verdict per item."""

@@ -192,6 +192,17 @@ class VlmVerifier:
         self.counts: Counter[str] = Counter()  # options chosen so far (UNPARSED included), after thresholding
 
     @classmethod
+    def from_config(cls, config: Any) -> VlmVerifier:
+        """The verifier a `verifiers.configs.VlmConfig` describes."""
+        return cls.from_pretrained(config.model, threshold=config.threshold, mode=config.mode,
+                                   batch_size=config.batch_size, max_new_tokens=config.max_new_tokens)
+
+    @property
+    def torch_module(self) -> Any:
+        """The model the data engine moves to its device."""
+        return self.model
+
+    @classmethod
     def from_pretrained(cls, model_id: str, *, device: str | torch.device | None = None,
                         dtype: str | torch.dtype | None = None, **kwargs: Any) -> VlmVerifier:
         """Load a hub id or directory with AutoProcessor + AutoModelForImageTextToText; ModelLoadError on failure."""

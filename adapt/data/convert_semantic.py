@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from sam3_model.configfile import load_yaml_or_json
+from sam3_model.configs import read_config_file
 from sam3_model.errors import ConfigError, DatasetError, ImageError
 from sam3_model.formats import coco_json, write_json_dataset
 from sam3_model.images import read_image_size as displayed_image_size
@@ -90,7 +90,7 @@ def load_class_map(classes: Mapping[Any, Any] | str | os.PathLike[str]) -> dict[
     source = "classes"
     if isinstance(classes, (str, os.PathLike)):
         source = str(classes)
-        classes = load_yaml_or_json(classes, "class map")
+        classes = read_config_file(classes, "class map")
         if isinstance(classes, Mapping) and len(classes) == 1 and next(iter(classes)) in ("names", "classes"):
             classes = next(iter(classes.values()))
     if not isinstance(classes, Mapping) or not classes:

@@ -35,7 +35,7 @@ from .convert_semantic import (
     check_unique_names,
     coco_image,
     list_images,
-    load_yaml_or_json,
+    read_config_file,
     read_image_size,
     write_coco,
 )
@@ -117,7 +117,7 @@ def load_names(names: Sequence[str] | str | os.PathLike[str]) -> list[str]:
     source = "names"
     if isinstance(names, (str, os.PathLike)):
         source = str(names)
-        data = load_yaml_or_json(names, "class names")
+        data = read_config_file(names, "class names")
         names = data["names"] if isinstance(data, Mapping) and "names" in data else data
     if isinstance(names, Mapping):
         indices = sorted(names, key=lambda k: int(k) if str(k).isdigit() else -1)

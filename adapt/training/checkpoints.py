@@ -11,11 +11,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from peft import PeftModel
 
 from sam3_model.errors import ModelLoadError
-from sam3_model.export import export_adapter, export_merged, export_video
+from sam3_model.export import EXPORT_KINDS, export_adapter, export_merged, export_video
 from sam3_model.model_card import ModelCardInfo
-
-EXPORT_KINDS = ("merged", "adapter", "video")
-
 
 TMP_PATTERN = ".*.ckpt.tmp-*"  # what an interrupted save leaves behind
 

@@ -41,7 +41,8 @@ def select_strategy(strategy: Any, devices: Any, accelerator: Any, num_nodes: An
     is left to Lightning ("auto", "ddp"); `spawn` for callers that are not a script DDP could re-run."""
     many = int(num_nodes or 1) > 1 or num_devices(devices, accelerator) > 1
     if many and strategy in (None, "auto", "ddp", "ddp_spawn"):
-        return "ddp_spawn_find_unused_parameters_true" if spawn else "ddp_find_unused_parameters_true"
+        spawned = spawn or strategy == "ddp_spawn"  # an explicit ddp_spawn stays spawned
+        return "ddp_spawn_find_unused_parameters_true" if spawned else "ddp_find_unused_parameters_true"
     return strategy if strategy is not None else "auto"
 
 

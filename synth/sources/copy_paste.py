@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
+from sam3_model.configs import PATH
 from sam3_model.errors import ConfigError, ImageError
 from sam3_model.images import load_image
 from sam3_model.records import RLE, decode_mask, encode_mask
@@ -40,10 +41,10 @@ SOURCE_CACHE = 16  # decoded source images kept per process
 class CopyPasteConfig:
     """Which instances to cut out, where to paste them, and how."""
 
-    instances: str  # the labelled dataset the cut-outs come from (SA-Co or COCO JSON with masks)
+    instances: str = field(metadata=PATH)  # the labelled dataset the cut-outs come from (SA-Co or COCO JSON with masks)
     backgrounds: PoolConfig  # the images pasted onto (assumed to hold no instance of the pasted phrases)
     instances_format: Literal["auto", "coco", "saco"] = "auto"  # format of `instances` ("auto": detect)
-    images: str | None = None  # image root of `instances` (None: the file's own convention)
+    images: str | None = field(default=None, metadata=PATH)  # image root of `instances` (None: the file's own convention)
     num_images: int = 100  # images in the plan
     per_image: tuple[int, int] = (1, 3)  # min and max cut-outs pasted per image
     scale: tuple[float, float] = (0.5, 1.5)  # cut-out resize factor range (relative to its size in its image)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from sam3_model.configs import MODEL
 from sam3_model.errors import ConfigError, ImageError, ModelLoadError
 
 from .base import ProducedImage, SourceSkip, Task
@@ -60,7 +61,7 @@ class InpaintConfig:
 class GenerateConfig:
     """Which pipeline, which prompts, how many images of each concept."""
 
-    pipeline: str  # a diffusers pipeline id or local folder ("stabilityai/sdxl-turbo", "stabilityai/sd-turbo",
+    pipeline: str = field(metadata=MODEL)  # a diffusers pipeline id or local folder ("stabilityai/sdxl-turbo", "stabilityai/sd-turbo",
     #                "black-forest-labs/FLUX.1-schnell", ...)
     images_per_concept: int = 4  # images generated of each concept
     prompt_templates: list[str] = field(default_factory=lambda: ["a photo of {concept}, {context}"])  # "{concept}"

@@ -24,6 +24,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from sam3_model.configs import PATH
 from sam3_model.errors import ConfigError, ImageError
 
 from .base import ProducedImage, SourceSkip, Task
@@ -37,11 +38,11 @@ _ORIENTATION = 0x0112  # EXIF tag
 class PoolConfig:
     """Where the pool's images are: at least one of `folder`, `glob`, `list_file`, `tars`."""
 
-    folder: str | None = None  # a folder of images (subfolders too when `recursive`)
-    glob: str | None = None  # a glob pattern, "**" matching any depth (e.g. "/data/photos/**/*.jpg")
-    list_file: str | None = None  # a text file of image paths, one a line ("#" comments and blank lines ignored);
+    folder: str | None = field(default=None, metadata=PATH)  # a folder of images (subfolders too when `recursive`)
+    glob: str | None = field(default=None, metadata=PATH)  # a glob pattern, "**" matching any depth (e.g. "/data/photos/**/*.jpg")
+    list_file: str | None = field(default=None, metadata=PATH)  # a text file of image paths, one a line ("#" comments and blank lines ignored);
     #                               relative paths are relative to the list file's folder
-    tars: list[str] = field(default_factory=list)  # tar shards (.tar, .tar.gz, .tgz): their image members
+    tars: list[str] = field(default_factory=list, metadata=PATH)  # tar shards (.tar, .tar.gz, .tgz): their image members
     recursive: bool = True  # `folder`: include subfolders
     extensions: list[str] = field(default_factory=lambda: list(DEFAULT_EXTENSIONS))  # image file name endings
     #                                                          kept from folder, glob and tars (case-insensitive)
