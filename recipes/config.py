@@ -23,7 +23,8 @@ from sam3_model.settings import ObjectiveConfig
 from synth.config import RunConfig, SourceConfig, TeacherConfig
 from synth.ontology import ontology_from_mapping
 from synth.sources.toy import ToyConfig
-from verifiers.configs import CropClassifierConfig, VerifyConfig
+from verifiers.configs import VerifyConfig
+from verifiers.crop_settings import CropClassifierConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent
 BUILTIN = ("demo", "food", "medical", "industrial")

@@ -63,7 +63,8 @@ def _logger(job: TrainJob) -> Any:
     import wandb
     from lightning.pytorch.loggers import WandbLogger
 
-    return WandbLogger(settings=wandb.Settings(silent=True),project=job.tracking.project, entity=job.tracking.entity, name=f"{job.recipe}/{job.name}",
+    return WandbLogger(settings=wandb.Settings(silent=True), project=job.tracking.project,
+                       entity=job.tracking.entity, name=f"{job.recipe}/{job.name}",
                        group=job.recipe, job_type="zero-shot" if not job.train_data else "train",
                        save_dir=job.out_dir, offline=job.tracking.wandb == "offline",
                        config={"arm": job.arm, "mix": job.mix, "train_images": job.size, "seed": job.seed,

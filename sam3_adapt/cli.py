@@ -9,25 +9,17 @@ what it runs. User mistakes print one line on stderr (with "did you mean" for a 
 
 from __future__ import annotations
 
-import importlib
+import os
 import sys
 import warnings
-from dataclasses import dataclass
 from typing import Any
+
+from .verbs import Verb, load, run_verb
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: training is unfinished, so `fit && export` does not export
 
 
-@dataclass(frozen=True)
-class Verb:
-    """A verb: the function it runs ("module:function"), its help line, and for config-driven verbs the config
-    dataclass whose fields are its keys and what its positional argument names."""
-
-    target: str
-    help: str
-    config: str | None = None  # "module:Class": its fields are root keys, filled from the positional file
-    positional: str | None = None  # "config" (a YAML file) or "recipe" (a built-in name or a YAML file)
 
 
 _SYNTH = "synth.config:SynthConfig"
@@ -72,6 +64,14 @@ LIGHTNING = ("fit", "validate", "test")
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sam3-adapt` console script."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `sam3-adapt --help | head`: the reader left; no traceback, nothing more to write
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -101,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"sam3-adapt: {err}", file=sys.stderr)
                 return EXIT_INTERRUPTED
             return 0
-        from .verbs import run_verb
 
         code = run_verb(name, entry, rest)
         return int(code or 0)
@@ -135,12 +134,6 @@ def overview(group: str | None = None) -> str:
     lines += ["", f"`{prog} VERB --help` shows a verb's keys; every verb takes --config, --print_config and "
               "dotted overrides."]
     return "\n".join(lines)
-
-
-def load(target: str) -> Any:
-    """The object a "module:name" target names."""
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 if __name__ == "__main__":

@@ -3,17 +3,35 @@ spellings translated, the config file's paths resolved, the function called with
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import types
 import typing
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from sam3_model.configs import argument_message, build, check_keys, failing_section, read_config_file, \
     resolve_mapping_paths, resolve_paths
 from sam3_model.errors import ConfigError
 
-from .cli import Verb, load
+
+@dataclass(frozen=True)
+class Verb:
+    """A verb: the function it runs ("module:function"), its help line, and for config-driven verbs the config
+    dataclass whose fields are its keys and what its positional argument names."""
+
+    target: str
+    help: str
+    config: str | None = None  # "module:Class": its fields are root keys, filled from the positional file
+    positional: str | None = None  # "config" (a YAML file) or "recipe" (a built-in name or a YAML file)
+
+
+def load(target: str) -> Any:
+    """The object a "module:name" target names."""
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
 
 def run_verb(name: str, verb: Verb, argv: list[str]) -> Any:
     """Parse `argv` for `verb` and call its function; `ConfigError`s name the file and the key."""

@@ -86,23 +86,6 @@ class TeacherConfig:
     seed: int = 0  # initialisation seed of random-init presets (tiny/small)
 
 
-def instance_json(inst: Instance, prompted_with: str) -> dict[str, Any]:
-    """An instance as JSON: RLE mask, xyxy pixel box, score and the prompt that found it."""
-    return {"mask": inst.mask, "box_xyxy_px": [round(float(v), 3) for v in inst.box_xyxy_px],
-            "score": round(float(inst.score), 6), "prompted_with": prompted_with}
-
-
-def _dedupe(found: list[tuple[Instance, str]], iou: float) -> list[tuple[Instance, str]]:
-    """Greedy mask NMS: best score first, drop any later detection overlapping a kept one by more than `iou`."""
-    found = sorted(found, key=lambda f: -f[0].score)
-    kept: list[tuple[Instance, str]] = []
-    for inst, prompt in found:
-        if kept and mask_iou([inst.mask], [k.mask for k, _ in kept]).max() > iou:  # (1, K)
-            continue
-        kept.append((inst, prompt))
-    return kept
-
-
 @dataclass
 class RunConfig:
     """How the stages are cut and spread (Lightning prediction: any accelerator, devices, nodes, strategy)."""

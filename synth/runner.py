@@ -74,7 +74,8 @@ def run_stage(
     with quiet_lightning():
         trainer = build_trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                                 precision="32-true", logger=False, enable_checkpointing=False, quiet=True,
-                                enable_progress_bar=progress, use_distributed_sampler=True)
+                                enable_progress_bar=progress, use_distributed_sampler=True,
+                                progress={"predict_stage": stage.name, "predict_unit": "shards"})
         loader = DataLoader(_Shards(pending), batch_size=None, shuffle=False, num_workers=0)
         trainer.predict(ShardPredictor(stage, run_dir, read_input), loader, return_predictions=False)
     return len(pending)

@@ -35,7 +35,7 @@ from sam3_model.errors import ConfigError, ModelLoadError
 from sam3_model.records import RLE, decode_mask
 
 from .base import Verdict, VerifyItem
-from .configs import CropClassifierConfig
+from .crop_settings import CropClassifierConfig
 from .geometric import mask_box
 
 CONFIG_NAME = "crop_classifier.json"

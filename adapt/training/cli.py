@@ -11,8 +11,10 @@ parameters, e.g. the geometry encoder on text-only prompts).
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +36,26 @@ SUBCOMMANDS = ("fit", "validate", "test")
 
 CLI_DEFAULTS: dict[str, Any] = {  # the shared TRAINER_DEFAULTS, plus what only `fit` needs
     **TRAINER_DEFAULTS,
-    "default_root_dir": "runs/fit",
+    "default_root_dir": "runs/fit",  # DEFAULT_ROOT: a fresh runs/fit-N per run, see Sam3CLI
     "logger": {"class_path": "lightning.pytorch.loggers.WandbLogger",
                "init_args": {"project": "sam3-adapt", "offline": True}},
     "plugins": [{"class_path": "adapt.training.checkpoints.AtomicCheckpointIO"}],
 }
+
+
+DEFAULT_ROOT = "runs/fit"
+
+
+def run_folder(base: str, resume: bool = False) -> str:
+    """`base` when it is free, else the first free `base-2`, `base-3`...; with `resume`, the newest that exists."""
+    taken = [base] if os.path.exists(base) else []
+    k = 2
+    while os.path.exists(f"{base}-{k}"):
+        taken.append(f"{base}-{k}")
+        k += 1
+    if resume and taken:
+        return taken[-1]
+    return base if not taken else f"{base}-{k}"
 
 
 def checkpoint_dir(default_root_dir: str | None) -> str:
@@ -67,6 +84,25 @@ class Sam3CLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.link_arguments("trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=checkpoint_dir)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Lightning's parse, with a did-you-mean for an unknown option ("--model.lerning_rate")."""
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            text = str(err)
+            on_line = re.search(r"unrecognized arguments: (--[\w.\-]+)", text)
+            in_file = re.search(r"does not accept option '([\w.\-]+)'", text)
+            verb = next((a for a in (args if args is not None else sys.argv[1:]) if a in SUBCOMMANDS), None)
+            sub = parser._subcommands_action._name_parser_map.get(verb) if verb and parser._subcommands_action else None
+            if (on_line is None and in_file is None) or sub is None:
+                raise
+            known = [o for o in sub._option_string_actions if o.startswith("--")]
+            if on_line is not None:
+                option = on_line.group(1).split("=", 1)[0]
+                raise argparse.ArgumentError(None, f"unknown option {option}{_closest_option(option, known)}") from None
+            hint = _closest_option(in_file.group(1), known).replace(" --", " ")
+            raise argparse.ArgumentError(None, " ".join(text.split()) + hint) from None
+
     def _parse_ckpt_path(self) -> None:
         """Lightning merges a checkpoint's hyper-parameters into the config; here they never replace it (a crafted
         checkpoint could swap the base model). `Sam3FineTuner.on_load_checkpoint` refuses one that does not fit."""
@@ -76,9 +112,23 @@ class Sam3CLI(LightningCLI):
         for path in remove_leftover_temporaries(checkpoint_dir(self.trainer.default_root_dir)):
             notice(f"removed {path}, the temp file of a checkpoint save that was interrupted")
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        """The Trainer, with the progress bar that names its stage and counts steps (unless bars are off)."""
+        if config.get("enable_progress_bar", True) is not False:
+            from adapt.training.progress import StageProgressBar
+
+            callbacks = [*callbacks, StageProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         trainer = config["trainer"]
+        if self.subcommand == "fit" and trainer.get("default_root_dir") == DEFAULT_ROOT:
+            # never over another run: runs/fit, runs/fit-2, ...; resuming (--ckpt_path) takes the newest one
+            trainer["default_root_dir"] = run_folder(DEFAULT_ROOT, resume=config.get("ckpt_path") is not None)
+            for name in ("checkpoint", "last_checkpoint"):
+                config[name]["dirpath"] = checkpoint_dir(trainer["default_root_dir"])
+            notice(f"this run's folder: {trainer['default_root_dir']} (--trainer.default_root_dir chooses another)")
         root = trainer.get("default_root_dir") or "."
         for logger in _as_list(trainer.get("logger")):
             init_args = logger.get("init_args") if hasattr(logger, "get") else None
@@ -105,7 +155,6 @@ def run_lightning_cli(args: list[str]) -> None:
     Lightning's and torch's errors about the user's input become one-line `Sam3AdaptError`s; a SIGTERM that
     stops training raises `TrainingInterrupted` (Lightning would exit with 0, as if the run had finished).
     """
-    import sys
 
     configs = _config_files(args)
     for path in configs:
@@ -129,6 +178,20 @@ def run_lightning_cli(args: list[str]) -> None:
     if cli is not None and getattr(cli.trainer, "received_sigterm", False):
         raise TrainingInterrupted(f"stopped by SIGTERM at step {cli.trainer.global_step}; rerun with --ckpt_path last "
                                   "to resume")
+
+
+def _closest_option(option: str, known: list[str]) -> str:
+    """A did-you-mean for `option`, by its last part: a sibling first ("--trainer.max_stepz" ->
+    "--trainer.max_steps"), else an option anywhere ("--model.lr" -> "--model.optimizer.lr")."""
+    parent, _, leaf = option.lstrip("-").rpartition(".")
+    for pool in ([o for o in known if o.lstrip("-").rpartition(".")[0] == parent], known):
+        by_leaf: dict[str, str] = {}
+        for name in pool:
+            by_leaf.setdefault(name.lstrip("-").rpartition(".")[2], name)
+        close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.7)
+        if close:
+            return f"; did you mean {by_leaf[close[0]]}?"
+    return ""
 
 
 def _argument_message(message: str, args: list[str], configs: list[str]) -> str:

@@ -27,8 +27,9 @@ def lr_factor(config: ScheduleConfig, step: int, total_steps: int) -> float:
 
     inverse_sqrt (exactly the official formula, with w = warmup, t = timescale, c = cooldown):
     `[s > w ? 1/sqrt((s + t - w)/t) : 1] * min(1, s/w) * min(1, (T - s)/c)`; a zero warmup or cooldown drops its
-    term; a warmup as long as the run or longer is cut to T - 1 steps. Every schedule's warmup is `min(1, s/w)`, so the first update (s = 0) uses lr 0, as the official code
-    does (its scheduler is set before each `optimizer.step`). cosine: the warmup, then
+    term; a warmup as long as the run or longer is cut to T - 1 steps. Every schedule's warmup is `min(1, s/w)`,
+    so the first update (s = 0) uses lr 0, as the official code does (its scheduler is set before each
+    `optimizer.step`). cosine: the warmup, then
     `m + (1 - m) * (1 + cos(pi * (s - w)/(T - w)))/2` down to m = min_lr_ratio at s = T (no cooldown term).
     constant: the warmup, then 1.
     """

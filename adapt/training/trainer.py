@@ -58,12 +58,20 @@ def quiet_lightning() -> Iterator[None]:
         log.setLevel(level)
 
 
-def build_trainer(*, spawn: bool = False, quiet: bool = False, **kwargs: Any):
-    """A `lightning.Trainer` with the project's defaults (`TRAINER_DEFAULTS`, overridden by `kwargs`) and strategy
-    rule. `quiet`: no banner lines, no model summary."""
+def build_trainer(*, spawn: bool = False, quiet: bool = False, progress: dict[str, Any] | None = None,
+                  **kwargs: Any):
+    """A `lightning.Trainer` with the project's defaults (`TRAINER_DEFAULTS`, overridden by `kwargs`), strategy
+    rule and progress bar (`progress`: its stage name and unit for prediction). `quiet`: no banner lines, no model
+    summary."""
     import lightning as L
 
     settings = {**TRAINER_DEFAULTS, **kwargs}
+    if settings.get("enable_progress_bar", True):  # a bar that names its stage and counts steps, not epochs
+        from .progress import StageProgressBar
+
+        callbacks = list(settings.get("callbacks") or [])
+        if not any(type(c).__name__.endswith("ProgressBar") for c in callbacks):
+            settings["callbacks"] = [*callbacks, StageProgressBar(**(progress or {}))]
     settings["strategy"] = select_strategy(settings.get("strategy"), settings.get("devices", "auto"),
                                            settings.get("accelerator", "auto"), settings.get("num_nodes", 1), spawn)
     if quiet:

@@ -61,8 +61,8 @@ class InpaintConfig:
 class GenerateConfig:
     """Which pipeline, which prompts, how many images of each concept."""
 
-    pipeline: str = field(metadata=MODEL)  # a diffusers pipeline id or local folder ("stabilityai/sdxl-turbo", "stabilityai/sd-turbo",
-    #                "black-forest-labs/FLUX.1-schnell", ...)
+    pipeline: str = field(metadata=MODEL)  # a diffusers pipeline id or local folder ("stabilityai/sdxl-turbo",
+    #                "stabilityai/sd-turbo", "black-forest-labs/FLUX.1-schnell", ...)
     images_per_concept: int = 4  # images generated of each concept
     prompt_templates: list[str] = field(default_factory=lambda: ["a photo of {concept}, {context}"])  # "{concept}"
     #                                             required, "{context}" optional; one is drawn for each image

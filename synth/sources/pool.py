@@ -39,9 +39,10 @@ class PoolConfig:
     """Where the pool's images are: at least one of `folder`, `glob`, `list_file`, `tars`."""
 
     folder: str | None = field(default=None, metadata=PATH)  # a folder of images (subfolders too when `recursive`)
-    glob: str | None = field(default=None, metadata=PATH)  # a glob pattern, "**" matching any depth (e.g. "/data/photos/**/*.jpg")
-    list_file: str | None = field(default=None, metadata=PATH)  # a text file of image paths, one a line ("#" comments and blank lines ignored);
-    #                               relative paths are relative to the list file's folder
+    glob: str | None = field(default=None, metadata=PATH)  # a glob pattern, "**" matching any depth
+    #                                                        (e.g. "/data/photos/**/*.jpg")
+    list_file: str | None = field(default=None, metadata=PATH)  # a text file of image paths, one a line ("#"
+    #                               comments and blank lines ignored); relative to the list file's folder
     tars: list[str] = field(default_factory=list, metadata=PATH)  # tar shards (.tar, .tar.gz, .tgz): their image members
     recursive: bool = True  # `folder`: include subfolders
     extensions: list[str] = field(default_factory=lambda: list(DEFAULT_EXTENSIONS))  # image file name endings
