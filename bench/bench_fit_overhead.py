@@ -9,7 +9,7 @@ Three arms, on one `Sam3FineTuner` configuration (`--preset`, `--image-size`, `-
              `loss.backward()`, `clip_grad_norm_(params, 0.1)`, AdamW step (the module's `build_optimizer` groups),
              scheduler step, `zero_grad()`. Per step: one loop iteration (CUDA synchronised every step unless
              --bare-no-sync).
-  lightning  `L.Trainer(precision="bf16-mixed", gradient_clip_val=0.1, log_every_n_steps=10, logger=--logger,
+  lightning  `build_trainer(precision="bf16-mixed", gradient_clip_val=0.1, log_every_n_steps=10, logger=--logger,
              callbacks of configure_callbacks, no checkpointing, no validation)` fitting a second, identically
              seeded module on a DataLoader that yields the same pre-built batch every step (no data work).
              Per step: the time between consecutive `on_train_batch_end` calls (one full loop iteration,
@@ -71,6 +71,7 @@ from adapt.data.transforms import TrainTransform
 from adapt.training.callbacks import DataWaitMonitor
 from adapt.training.module import Sam3FineTuner, TrainableConfig
 from adapt.training.optim import build_optimizer
+from adapt.training.trainer import build_trainer
 from adapt.training.schedules import build_scheduler
 from sam3_model.adapters import LoraSettings
 from sam3_model.records import encode_mask
@@ -254,7 +255,7 @@ def lightning_fit(module: Sam3FineTuner, steps: int, args, device: torch.device,
     """Fit `steps` steps on the fixed batch or on `datamodule`; per-step times from StepClock."""
     clock = StepClock()
     logger = make_logger(args.logger, root)
-    trainer = L.Trainer(
+    trainer = build_trainer(  # the project's trainer (fit, recipes), with this benchmark's settings
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=steps,
         precision="bf16-mixed" if args.precision == "bf16" else "32-true", gradient_clip_val=CLIP,
         log_every_n_steps=LOG_EVERY, logger=logger, enable_checkpointing=False, callbacks=[clock],

@@ -4,7 +4,7 @@
     python bench/bench_recipe.py arm-time --recipe food     # step time of the recipe's fine-tuning preset
         [--model sam3-random] [--device cuda] [--batch-size 8] [--phrases 8] [--steps 3]
 
-`arm-time` builds the recipe's `Sam3FineTuner` (mode, LoRA, lrs, precision) on `--model` (default: the `sam3`
+`arm-time` builds the recipe's `Sam3FineTuner` (mode, LoRA, lrs, precision) on `--model` (default: the `sam3-random`
 preset, the architecture of `facebook/sam3` with random weights: step time does not depend on the weights), times
 `--steps` optimizer steps (after one warm-up) on a fabricated batch of `--batch-size` images with `--phrases`
 phrases each (one negative), and one evaluation forward; the per-arm estimate is
@@ -56,7 +56,7 @@ def bench_arm_time(args: argparse.Namespace) -> dict:
     recipe = load_recipe(args.recipe)
     settings = recipe.train
     job = TrainJob(name="bench", arm="hq", mix="none", size=0, seed=0, base_model=args.model, out_dir="",
-                   test=DatasetSpec(path=""), settings=settings, evaluate=recipe.evaluate, recipe=recipe.name)
+                   test=DatasetSpec(path=""), settings=settings, recipe=recipe.name)
     module = _module(job).to(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         coco = fabricate_coco(Path(tmp), args.batch_size, args.phrases, instances=3)
@@ -93,7 +93,7 @@ def bench_arm_time(args: argparse.Namespace) -> dict:
     runs_per_arm = len(recipe.sizes) * len(recipe.seeds) * len(recipe.mixes)
     return {"recipe": recipe.name, "model": args.model, "device": args.device,
             "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_model(),
-            "mode": settings.mode, "precision": settings.precision, "measured_batch": args.batch_size,
+            "mode": settings.trainable.mode, "precision": settings.precision, "measured_batch": args.batch_size,
             "phrases_per_image": args.phrases, "image_size": module.image_size,
             "step_seconds": [round(t, 3) for t in times], "step_seconds_median": round(step_s, 3),
             "recipe_batch": settings.batch_size, "recipe_steps": settings.steps,
@@ -108,7 +108,7 @@ def main() -> None:
     modes = parser.add_subparsers(dest="mode", required=True)
     demo = modes.add_parser("demo")
     demo.add_argument("--out", type=Path, default=None, help="run folder (default: a fresh temporary one)")
-    demo.add_argument("--set", action="append", default=[], help="recipe overrides, as `recipe run --set`")
+    demo.add_argument("overrides", nargs="*", help="recipe overrides, as `recipe run`'s (--train.steps=100)")
     arm = modes.add_parser("arm-time")
     arm.add_argument("--recipe", default="food")
     arm.add_argument("--model", default="sam3-random")
@@ -118,11 +118,14 @@ def main() -> None:
     arm.add_argument("--steps", type=int, default=3)
     arm.add_argument("--test-images", type=int, default=1000, help="held-out images evaluated per run")
     arm.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
+    args, unknown = parser.parse_known_args()
+    if args.mode == "demo":  # `--key=value` overrides pass through to the recipe
+        args.overrides = [*args.overrides, *unknown]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.mode == "demo":
         out = args.out or Path(tempfile.mkdtemp(prefix="demo-bench-"))
-        extra = [x for s in args.set for x in ("--set", s)]
-        report = bench_demo(out, extra)
+        report = bench_demo(out, args.overrides)
     else:
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # W&B takes our `verifiers` package for the LLM library of that name and advertises Weave on every run
+    os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(overview())
