@@ -49,9 +49,9 @@ class OptimizerConfig:
     eps: float = 1e-8
 
     def __post_init__(self) -> None:
-        for field in ("lr", "vision_lr", "text_lr", "weight_decay"):
-            if getattr(self, field) < 0:
-                raise ConfigError(f"optimizer {field}={getattr(self, field)} is negative; use a value >= 0")
+        for name in ("lr", "vision_lr", "text_lr", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"optimizer {name}={getattr(self, name)} is negative; use a value >= 0")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"optimizer layer_decay={self.layer_decay} must be in (0, 1] (1 disables the decay)")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -73,9 +73,9 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:
             raise ConfigError(f"unknown lr schedule {self.name!r}: choose from {', '.join(SCHEDULES)}")
-        for field in ("warmup_steps", "cooldown_steps"):
-            if getattr(self, field) < 0:
-                raise ConfigError(f"schedule {field}={getattr(self, field)} is negative; use a value >= 0")
+        for name in ("warmup_steps", "cooldown_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"schedule {name}={getattr(self, name)} is negative; use a value >= 0")
         if self.timescale <= 0:
             raise ConfigError(f"schedule timescale={self.timescale} must be > 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -10,7 +10,6 @@ import glob as globlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sam3_model.presets import PRESETS
 

@@ -14,7 +14,7 @@ import sys
 import warnings
 from typing import Any
 
-from .verbs import Verb, load, run_verb
+from .verbs import Verb, run_verb
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: training is unfinished, so `fit && export` does not export

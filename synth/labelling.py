@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from PIL import Image
 
@@ -20,7 +20,7 @@ from sam3_model.predict import ConceptSegmenter
 from sam3_model.records import ConceptResult, Instance
 from verifiers.geometric import mask_iou
 
-from .config import ParentPrompt, TeacherConfig  # noqa: F401 - the teacher's settings live with the config
+from .config import TeacherConfig
 from .ontology import Ontology
 
 

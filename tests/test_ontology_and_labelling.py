@@ -12,7 +12,8 @@ from PIL import Image
 from sam3_model.configs import parse_dataclass
 from sam3_model.errors import ConfigError
 from sam3_model.records import ConceptPrompt, ConceptResult, Instance, encode_mask
-from synth.labelling import PseudoLabeller, TeacherConfig
+from synth.config import TeacherConfig
+from synth.labelling import PseudoLabeller
 from synth.ontology import load_ontology, ontology_from_mapping
 
 

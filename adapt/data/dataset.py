@@ -32,7 +32,7 @@ from sam3_model.records import RLE
 
 from .batch import PhraseItem, SampleMeta
 from .records import ImageSample, PhraseInstances
-from .transforms import Masks, TransformResult
+from .transforms import TransformResult
 
 Transform = Callable[..., TransformResult]  # TrainTransform, EvalTransform: (image, boxes, masks, seed=None)
 Random = Any  # numpy's global `np.random` module or a `np.random.Generator`: both have choice() and integers()

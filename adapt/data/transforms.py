@@ -18,7 +18,6 @@ worker's torch seed, so workers (and epochs, whose workers get new seeds) still 
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from collections.abc import Sequence

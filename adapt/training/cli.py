@@ -15,10 +15,8 @@ import difflib
 import os
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
-import yaml
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -29,6 +27,7 @@ from adapt.data.datamodule import Sam3DataModule
 from adapt.training.checkpoints import remove_leftover_temporaries
 from adapt.training.module import Sam3FineTuner
 from adapt.training.trainer import TRAINER_DEFAULTS, select_strategy
+from sam3_model.configs import read_config_file
 from sam3_model.errors import ConfigError
 from sam3_model.notices import notice
 
@@ -157,8 +156,8 @@ def run_lightning_cli(args: list[str]) -> None:
     """
 
     configs = _config_files(args)
-    for path in configs:
-        _check_yaml(path)
+    for path in configs:  # each must exist and parse as YAML; else one line naming it (and the line, column)
+        read_config_file(path, "--config")
     # When the command line is the process's own, let LightningCLI read sys.argv: DDP's launcher re-runs it.
     cli = None
     try:
@@ -213,23 +212,6 @@ def _config_files(args: list[str]) -> list[str]:
         elif arg.startswith("--config="):
             files.append(arg.split("=", 1)[1])
     return files
-
-
-def _check_yaml(path: str) -> None:
-    """A --config file must exist and parse as YAML; else one line naming it, the line and the column."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"--config {path}: cannot read it ({err})") from None
-    try:
-        yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML: {problem}{at}") from None
 
 
 def _first_line(err: BaseException) -> str:

@@ -10,7 +10,7 @@ by the whole batch (its instance count and query count), so they sum to the loss
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L

@@ -24,7 +24,6 @@ Each group carries a unique readable "name" (`vision.layer31`, `vision.embed.no_
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import torch
 from torch import nn

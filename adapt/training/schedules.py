@@ -7,12 +7,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from adapt.settings import SCHEDULES, ScheduleConfig
+from adapt.settings import ScheduleConfig
 from sam3_model.errors import ConfigError
 
 
