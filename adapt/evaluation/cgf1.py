@@ -65,6 +65,10 @@ class CgF1Result:
     f1_by_threshold: dict[str, list[float]]
     per_pair: list[PairOutcome] = field(default_factory=list)
     iou_thresholds: list[float] = field(default_factory=lambda: IOU_THRESHOLDS.tolist())
+    # The per-pair counts the metrics were accumulated from, rows in `per_pair` order (after the oracle selection).
+    num_gt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,) non-crowd GT instances
+    num_dt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,) predictions >= threshold
+    tps: np.ndarray = field(default_factory=lambda: np.zeros((0, len(IOU_THRESHOLDS)), np.int64))  # (N, T) TP_t
 
 
 @dataclass
@@ -103,7 +107,8 @@ def evaluate_pairs(
     metrics["num_pairs"] = float(len(ids))
     metrics["num_pairs_skipped_non_exhaustive"] = float(len(truths[0]) - len(ids))
     outcomes = _outcomes(truths[0], ids, num_gt, num_dt, local_f1, chosen)
-    return CgF1Result(metrics=metrics, f1_by_threshold=curves, per_pair=outcomes)
+    return CgF1Result(metrics=metrics, f1_by_threshold=curves, per_pair=outcomes, num_gt=num_gt, num_dt=num_dt,
+                      tps=tps)
 
 
 def _evaluated_ids(truths: Sequence[Mapping[PairId, PairTruth]]) -> list[PairId]:

@@ -20,12 +20,13 @@ from torch.utils.checkpoint import checkpoint
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from adapt.data.batch import PhraseBatch
+from adapt.evaluation.bootstrap import PairTable
 from adapt.training.callbacks import DataWaitMonitor, GpuMemoryMonitor, ValidationPanel, images_per_sec_monitor
 from adapt.training.optim import OptimizerConfig, build_optimizer
 from adapt.training.random_state import RandomStateCheckpoint
 from adapt.training.schedules import ScheduleConfig, build_scheduler
-from adapt.training.validation import QueryPrediction, compute_metrics, gather_predictions, panel_results, \
-    query_predictions
+from adapt.training.validation import QueryPrediction, ValidationMetrics, compute_metrics, gather_predictions, \
+    panel_results, query_predictions
 from adapt.settings import MODES, TrainableConfig, ValidationConfig
 from sam3_model.adapters import COMPONENTS, LoraSettings, prepare_for_training
 from sam3_model.dac import enable_dac
@@ -100,6 +101,8 @@ class Sam3FineTuner(L.LightningModule):
         self.flops_per_batch: int | None = None  # read by ThroughputMonitor; not counted (varies with phrases)
         self._val_predictions: list[QueryPrediction] = []
         self._val_loss: dict[int, list[Tensor]] = defaultdict(list)
+        self.evaluation_tables: dict[str, PairTable] = {}  # per evaluation set name, after each val/test epoch
+        self.evaluation_box_tables: dict[str, PairTable] = {}  # the same pairs, box IoU (`cgF1_box`)
 
     @classmethod
     def from_checkpoint_hparams(cls, hparams: dict[str, Any]) -> "Sam3FineTuner":
@@ -265,7 +268,8 @@ class Sam3FineTuner(L.LightningModule):
 
     def _log_metrics(self, prefix: str) -> None:
         """Loss and metrics pooled over every evaluation set (`val/cgF1`: the checkpoint monitor) and, when there
-        are several sets, per set under its name (`val/<name>/cgF1`)."""
+        are several sets, per set under its name (`val/<name>/cgF1`). Each set's per-pair tables are kept in
+        `evaluation_tables[name]` (the evaluation of `cgF1`) and `evaluation_box_tables[name]` (of `cgF1_box`)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         names = datamodule.eval_set_names() if datamodule is not None and hasattr(datamodule, "eval_set_names") \
             else [str(k) for k in sorted(self._val_loss)]
@@ -276,22 +280,31 @@ class Sam3FineTuner(L.LightningModule):
         predictions = gather_predictions(self._val_predictions)
         self._val_predictions = []
         samples = datamodule.val_samples() if datamodule is not None and hasattr(datamodule, "val_samples") else None
+        self.evaluation_tables, self.evaluation_box_tables = {}, {}
         if predictions and samples is not None:
             threshold = self.validation_config.score_threshold
-            values.update({f"{prefix}/{k}": float(v) for k, v in compute_metrics(predictions, samples, threshold)
-                           .metrics.items()})
-            if len(names) > 1:
+            pooled = compute_metrics(predictions, samples, threshold, tables=len(names) == 1)
+            values.update({f"{prefix}/{k}": float(v) for k, v in pooled.metrics.items()})
+            if len(names) == 1:
+                self._keep_tables(names[0], pooled)
+            else:
                 for idx, name in enumerate(names):
                     subset = [q for q in predictions if q.key[0] == idx]
                     if subset:
-                        metrics = compute_metrics(subset, samples, threshold).metrics
-                        values.update({f"{prefix}/{name}/{k}": float(v) for k, v in metrics.items()})
+                        result = compute_metrics(subset, samples, threshold, tables=True)
+                        values.update({f"{prefix}/{name}/{k}": float(v) for k, v in result.metrics.items()})
+                        self._keep_tables(name, result)
         if len(names) > 1:
             for idx, name in enumerate(names):
                 if by_set[idx, 1] > 0:
                     values[f"{prefix}/{name}/loss"] = float(by_set[idx, 0] / by_set[idx, 1])
         # every rank computed the same values from the gathered predictions and summed losses: the mean is that value
         self.log_dict(values, sync_dist=True)
+
+    def _keep_tables(self, name: str, result: ValidationMetrics) -> None:
+        """Keep one evaluation set's per-pair tables (for bootstrap intervals) under its logged name."""
+        if result.table is not None and result.box_table is not None:
+            self.evaluation_tables[name], self.evaluation_box_tables[name] = result.table, result.box_table
 
     def _losses_by_set(self, num_sets: int) -> Tensor:
         """(S, 2): summed loss x images and images per evaluation set, summed over ranks."""

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from adapt.data.batch import SampleMeta
 from adapt.data.records import ImageSample
-from adapt.evaluation.cgf1 import evaluate_pairs
+from adapt.evaluation.bootstrap import PairTable
+from adapt.evaluation.cgf1 import CgF1Result, evaluate_pairs
 from adapt.evaluation.coco import coco_ap
 from adapt.evaluation.pairs import PairPrediction, PairTruth
 from sam3_model.records import RLE, ConceptPrompt, ConceptResult, Instance, encode_mask, mask_area
@@ -100,10 +101,12 @@ def gather_predictions(local: list[QueryPrediction]) -> list[QueryPrediction]:
 
 @dataclass
 class ValidationMetrics:
-    """Metrics over the validation queries, and the number of queries evaluated."""
+    """Metrics over the validation queries, the number of queries evaluated and, when asked, their per-pair tables."""
 
     metrics: dict[str, float] = field(default_factory=dict)
     num_queries: int = 0
+    table: PairTable | None = None  # the evaluation of `cgF1` (segm when the data has masks, else box)
+    box_table: PairTable | None = None  # the evaluation of `cgF1_box`
 
 
 def _truth(sample: ImageSample, phrase: str, pair_id: int) -> PairTruth:
@@ -117,8 +120,9 @@ def _truth(sample: ImageSample, phrase: str, pair_id: int) -> PairTruth:
 
 
 def compute_metrics(predictions: Sequence[QueryPrediction], samples: Sequence[Sequence[ImageSample]],
-                    score_threshold: float = 0.5) -> ValidationMetrics:
-    """cgF1, pmF1, IL_MCC (box, and mask when the data has masks) and COCO box/mask AP over the queries."""
+                    score_threshold: float = 0.5, tables: bool = False) -> ValidationMetrics:
+    """cgF1, pmF1, IL_MCC (box, and mask when the data has masks) and COCO box/mask AP over the queries
+    (`tables`: with the per-pair tables of the cgF1 evaluations, for bootstrap intervals)."""
     truths: dict[int, PairTruth] = {}
     preds: dict[int, PairPrediction] = {}
     has_masks = True
@@ -133,15 +137,31 @@ def compute_metrics(predictions: Sequence[QueryPrediction], samples: Sequence[Se
         return ValidationMetrics()
     has_masks &= all(len(p.masks) == len(p.scores) for p in preds.values())
     metrics: dict[str, float] = {}
-    box = evaluate_pairs([truths], preds, "bbox", score_threshold).metrics
+    box_result = evaluate_pairs([truths], preds, "bbox", score_threshold)
+    box = box_result.metrics
     metrics.update({f"{k}_box": box[k] for k in ("cgF1", "pmF1", "IL_MCC")})
-    main = evaluate_pairs([truths], preds, "segm", score_threshold).metrics if has_masks else box
+    main_result = evaluate_pairs([truths], preds, "segm", score_threshold) if has_masks else box_result
+    main = main_result.metrics
     metrics.update({k: main[k] for k in ("cgF1", "cgF1@0.5", "pmF1", "IL_MCC")})
     gt, dt = _coco_views(predictions, truths, preds)
     for iou_type, suffix in (("bbox", "box"), ("segm", "mask")) if has_masks else (("bbox", "box"),):
         ap = coco_ap(gt, dt, iou_type, "validation predictions")
         metrics[f"AP_{suffix}"], metrics[f"AP50_{suffix}"] = ap["AP"], ap["AP50"]
-    return ValidationMetrics(metrics, len(predictions))
+    if not tables:
+        return ValidationMetrics(metrics, len(predictions))
+    main_table = _pair_table(main_result, predictions, samples, "segm" if has_masks else "bbox", score_threshold)
+    box_table = _pair_table(box_result, predictions, samples, "bbox", score_threshold)
+    return ValidationMetrics(metrics, len(predictions), main_table, box_table)
+
+
+def _pair_table(result: CgF1Result, predictions: Sequence[QueryPrediction], samples: Sequence[Sequence[ImageSample]],
+                iou_type: str, score_threshold: float) -> PairTable:
+    """The per-pair table of one evaluation; an image's key is "<dataloader index>:<sample index>"."""
+    image_of = {pid: f"{q.key[0]}:{q.key[1]}" for pid, q in enumerate(predictions)}  # pair ids: query order
+    info = {f"{q.key[0]}:{q.key[1]}": (str(samples[q.key[0]][q.key[1]].image_id),
+                                       str(samples[q.key[0]][q.key[1]].image_path)) for q in predictions}
+    return PairTable.from_result(result, image_of, iou_type=iou_type, score_threshold=score_threshold,
+                                 image_info=info)
 
 
 def _coco_views(predictions: Sequence[QueryPrediction], truths: dict[int, PairTruth],
