@@ -18,7 +18,7 @@ from sam3_model.errors import ConfigError
 from sam3_model.predict import ConceptSegmenter
 from verifiers.compose import VerifierChain
 
-from .config import SynthConfig
+from .config import SynthConfig, TeacherConfig
 from .labelling import PseudoLabeller
 from .merge import MergeSettings, merge_run
 from .ontology import Ontology
@@ -43,11 +43,16 @@ def build_labeller(config: SynthConfig, ontology: Ontology) -> PseudoLabeller | 
     """The teacher pseudo-labeller (None with `labels: exact`)."""
     if config.labels == "exact":
         return None
-    t = config.teacher
-    segmenter = ConceptSegmenter.from_pretrained(t.model, image_size=t.image_size,
-                                                 dtype=teacher_dtype(t.dtype, config.run.accelerator),
-                                                 prompt_batch_size=t.prompt_batch_size)
-    return PseudoLabeller(segmenter, ontology, t)
+    return teacher_labeller(config.teacher, ontology, config.run.accelerator)
+
+
+def teacher_labeller(teacher: TeacherConfig, ontology: Ontology, accelerator: str = "auto",
+                     device: str | None = None) -> PseudoLabeller:
+    """A pseudo-labeller around the teacher model (`device`: where to put it; None leaves it to Lightning)."""
+    segmenter = ConceptSegmenter.from_pretrained(teacher.model, image_size=teacher.image_size,
+                                                 dtype=teacher_dtype(teacher.dtype, accelerator),
+                                                 prompt_batch_size=teacher.prompt_batch_size, device=device)
+    return PseudoLabeller(segmenter, ontology, teacher)
 
 
 class SynthRun:
@@ -121,9 +126,12 @@ class SynthRun:
         info = {"generator": "sam3-adapt synth", "teacher": teacher, "ontology": self.ontology.to_json(),
                 "config_fingerprint": self._prints["verify"]}
         records = [r for s in range(self.num_shards) for r in self.run_dir.read_shard("verify", s)]
-        written = merge_run(records, self.run_dir, self.ontology,
-                            MergeSettings(teacher, self.config.verify.non_exhaustive), info)
-        written["summary"] = write_summary(summarize(records, self.ontology), self.run_dir.root)
+        verify = self.config.verify
+        settings = MergeSettings(teacher, verify.non_exhaustive,
+                                 verify.hard_negatives if self.config.labels == "teacher" else "all",
+                                 verify.adversarial_iou)
+        written = merge_run(records, self.run_dir, self.ontology, settings, info)
+        written["summary"] = write_summary(summarize(records, self.ontology, settings), self.run_dir.root)
         return written
 
     def run(self) -> dict[str, Path]:

@@ -4,7 +4,11 @@
   with none is an (unverified) negative. The paper's PL-Food.
 - `syn.json`: instances every mask verifier accepted; pairs every exhaustivity verifier accepted (a pair with
   no accepted instance is then a verified negative); an EV-rejected pair is dropped, or kept with
-  `is_instance_exhaustive: false` when `non_exhaustive: keep_flagged`. The paper's SA-Co/SYN-Food.
+  `is_instance_exhaustive: false` when `non_exhaustive: keep_flagged`. Hard negatives follow the paper's
+  adversarial rule (`hard_negatives: adversarial`): a negative pair whose phrase is confusable with a concept
+  accepted in the same image (a sibling or a listed hard negative) is kept only when the teacher's detections
+  for it overlap that concept's accepted masks, i.e. when it is a negative the model gets wrong. The paper's
+  SA-Co/SYN-Food.
 - `exact.json`: the source's exact labels (toy renderer, copy-paste), the stand-in for human-verified (HQ) data.
 
 All are SA-Co JSON (one `images[]` entry per image-phrase pair, boxes xywh normalised, RLE masks) that
@@ -22,6 +26,7 @@ from typing import Any
 from sam3_model.atomic import atomic_write_text
 from sam3_model.formats import saco_json, write_json_dataset
 from sam3_model.records import mask_area
+from verifiers.geometric import mask_iou
 
 from .ontology import Ontology
 from .shards import RunDir
@@ -36,6 +41,8 @@ class MergeSettings:
 
     teacher: str  # the teacher checkpoint (or "exact" when the labels came from the source)
     non_exhaustive: str = "drop"
+    hard_negatives: str = "adversarial"  # or "all": every verified negative pair stays
+    adversarial_iou: float = 0.5
 
 
 class _SacoBuilder:
@@ -82,8 +89,9 @@ def merge_run(records: list[dict[str, Any]], run_dir: RunDir, ontology: Ontology
     for record in records:
         if "skipped" in record:
             continue
+        easy = easy_negatives(record, ontology, settings)
         for pair in record["pairs"]:
-            decisions.append(json.dumps(_add_pair(builders, record, pair, settings)))
+            decisions.append(json.dumps(_add_pair(builders, record, pair, settings, easy.get(pair["phrase"]))))
         if record.get("exact_phrases"):
             for pair in exact_pairs(record, ontology):
                 status = "positive" if pair["instances"] else "negative"
@@ -102,9 +110,39 @@ def merge_run(records: list[dict[str, Any]], run_dir: RunDir, ontology: Ontology
     return written
 
 
+def _kept(pair: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pair's instances every mask verifier accepted."""
+    verdicts = pair.get("verification", {}).get("instances") or [{"rejected_by": None}] * len(pair["instances"])
+    return [inst for inst, v in zip(pair["instances"], verdicts) if v["rejected_by"] is None]
+
+
+def easy_negatives(record: dict[str, Any], ontology: Ontology, settings: MergeSettings) -> dict[str, str]:
+    """{phrase: why} for the image's negative pairs the adversarial rule leaves out of SYN: the phrase is
+    confusable with a concept accepted in the image, and none of the teacher's detections for it (instances or
+    candidates) overlaps that concept's accepted masks."""
+    if settings.hard_negatives != "adversarial":
+        return {}
+    accepted = {p["phrase"]: [i["mask"] for i in _kept(p)] for p in record["pairs"]}
+    easy = {}
+    for pair in record["pairs"]:
+        phrase = pair["phrase"]
+        if accepted.get(phrase):
+            continue  # a positive pair, not a negative
+        present = [c for c in ontology.names if accepted.get(c) and phrase in ontology.negatives_of(c)]
+        if not present:
+            continue  # an ordinary negative: nothing confusable with it is in the image
+        detections = [i["mask"] for i in [*pair["instances"], *pair.get("candidates", [])]]
+        positives = [m for c in present for m in accepted[c]]
+        if not detections or mask_iou(detections, positives).max() < settings.adversarial_iou:  # (D, P)
+            easy[phrase] = (f"easy negative: the teacher did not confuse it with {', '.join(present)} "
+                            "(adversarial hard-negative rule)")
+    return easy
+
+
 def _add_pair(builders: dict[str, _SacoBuilder], record: dict[str, Any], pair: dict[str, Any],
-              settings: MergeSettings) -> dict[str, Any]:  # fmt: skip
-    """Add one labelled, verified pair to PL and SYN; return its decision line."""
+              settings: MergeSettings, easy: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Add one labelled, verified pair to PL and SYN (`easy`: why the adversarial rule leaves this negative out of
+    SYN); return its decision line."""
     phrase, instances = pair["phrase"], pair["instances"]
     verification = pair.get("verification", {"instances": [{"verdicts": [], "rejected_by": None}] * len(instances),
                                              "pair": {"verdicts": [], "rejected_by": None}})
@@ -115,7 +153,9 @@ def _add_pair(builders: dict[str, _SacoBuilder], record: dict[str, Any], pair: d
     rejected_by = verification["pair"]["rejected_by"]
     pair_verdicts = verification["pair"]["verdicts"]
     reason = "; ".join(f"{v['verifier']}: {v['reason']}" for v in pair_verdicts) or "no exhaustivity verifier"
-    if rejected_by is None:
+    if rejected_by is None and not kept and easy is not None:
+        status, exhaustive, rejected_by, reason = "dropped", False, "adversarial_rule", easy
+    elif rejected_by is None:
         status, exhaustive = ("positive" if kept else "negative"), True
     elif kept and settings.non_exhaustive == "keep_flagged":
         status, exhaustive = "positive_non_exhaustive", False

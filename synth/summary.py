@@ -14,13 +14,16 @@ from typing import Any
 from sam3_model.atomic import atomic_write_text
 from verifiers.base import UNPARSED
 
+from .merge import MergeSettings, easy_negatives
 from .ontology import Ontology
 
 _EXAMPLES = 5
 
 
-def summarize(records: list[dict[str, Any]], ontology: Ontology) -> dict[str, Any]:
-    """Stage counts of a finished run, from every record of its verify shards."""
+def summarize(records: list[dict[str, Any]], ontology: Ontology,
+              merge: MergeSettings | None = None) -> dict[str, Any]:
+    """Stage counts of a finished run, from every record of its verify shards (`merge`: the rules that build
+    syn.json, so negatives the adversarial rule leaves out are counted as such)."""
     skipped = [r for r in records if "skipped" in r]
     images = [r for r in records if "skipped" not in r]
     found: Counter[str] = Counter()
@@ -31,6 +34,7 @@ def summarize(records: list[dict[str, Any]], ontology: Ontology) -> dict[str, An
     syn: Counter[str] = Counter()
     kept_instances = 0
     for record in images:
+        easy = easy_negatives(record, ontology, merge) if merge is not None else {}
         for pair in record["pairs"]:
             pairs += 1
             instances += len(pair["instances"])
@@ -48,7 +52,8 @@ def summarize(records: list[dict[str, Any]], ontology: Ontology) -> dict[str, An
                     _count(mv[v["verifier"]], v, unparsed_examples, record, pair)
             for v in verification["pair"]["verdicts"]:
                 _count(ev[v["verifier"]], v, unparsed_examples, record, pair)
-            syn[_pair_status(pair, verification)] += 1
+            status = _pair_status(pair, verification)
+            syn["pairs_easy_negative" if status == "pairs_verified_negative" and pair["phrase"] in easy else status] += 1
     never_found = [p for p in ontology.phrases() if found[p] == 0]
     return {
         "generate": {"tasks": len(records), "images": len(images), "skipped": len(skipped),
@@ -96,7 +101,9 @@ def write_summary(summary: dict[str, Any], out_dir: Path) -> Path:
                       f"{syn['instances_kept']} instances, "
                       f"{syn.get('pairs_positive', 0) + syn.get('pairs_verified_negative', 0)} pairs",
                       f"{syn.get('pairs_positive', 0)} positive and {syn.get('pairs_verified_negative', 0)} verified "
-                      f"negative pairs kept; {syn.get('pairs_rejected', 0)} pairs rejected"]],
+                      f"negative pairs kept; {syn.get('pairs_rejected', 0)} pairs rejected"
+                      + (f"; {syn['pairs_easy_negative']} easy negatives left out (adversarial rule)"
+                         if syn.get("pairs_easy_negative") else "")]],
                     ["stage", "in", "out", "notes"]), ""]
     for kind in ("mask", "exhaustivity"):
         rows = [[name, c.get("judged", 0), c.get("accepted", 0), c.get("rejected", 0), c.get("unparsed", 0)]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 from sam3_model.configs import MODEL
+from sam3_model.errors import ConfigError
 
 
 @dataclass
@@ -136,6 +137,14 @@ class VerifyConfig:
     cascade: bool = True  # a later verifier does not see what an earlier one rejected
     non_exhaustive: Literal["drop", "keep_flagged"] = "drop"  # an EV-rejected pair: dropped, or kept with its
     #                                                            accepted instances and is_instance_exhaustive false
+    hard_negatives: Literal["adversarial", "all"] = "adversarial"  # a negative pair of a phrase confusable with a
+    #   concept present in the image (a sibling, a listed hard negative) stays in syn only when the teacher's
+    #   detections for it overlap that concept's accepted masks (the paper's adversarial rule); "all" keeps every one
+    adversarial_iou: float = 0.5  # mask IoU at which a detection of the negative phrase overlaps a positive
+
+    def __post_init__(self) -> None:
+        if not 0 < self.adversarial_iou <= 1:
+            raise ConfigError(f"verify.adversarial_iou must be in (0, 1], got {self.adversarial_iou}")
 
     def configured(self) -> list[tuple[str, Any]]:
         """(name, config) of every verifier that is set, in field (cost) order."""
