@@ -1,4 +1,5 @@
-"""Generate source: tiny random Stable Diffusion pipelines saved to disk and loaded by path (offline)."""
+"""Generate source: tiny random Stable Diffusion and unconditional (DDIM, DDPM) pipelines saved to disk and loaded by
+path (offline)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from PIL import Image
 from sam3_model.errors import ConfigError, ModelLoadError
 from synth.ontology import ontology_from_mapping
 from synth.sources import GenerateConfig, GenerateSource, InpaintConfig, PoolConfig, ProducedImage, SourceSkip
-from tiny_diffusion import build_tiny_sd
+from tiny_diffusion import build_tiny_sd, build_tiny_unconditional
 
 ONTOLOGY = ontology_from_mapping({"concepts": ["forklift", "pallet jack", {"name": "hand truck",
                                                                             "hard_negatives": ["trolley"]}]})
@@ -95,3 +96,42 @@ def test_missing_pipeline_is_model_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as err:
         source.setup("cpu")
     assert "no-such-pipeline" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_unconditional_pipeline_draws_the_domain_same_image_alone_or_in_a_batch(kind: str, tmp_path: Path) -> None:
+    path = str(build_tiny_unconditional(tmp_path / kind, kind))
+    config = GenerateConfig(pipeline=path, num_images=5, steps=3, height=24, width=24, batch_size=4, seed=7)
+    source = GenerateSource(config, ONTOLOGY)
+    tasks = source.plan()  # no model is loaded to plan
+    assert tasks == GenerateSource(config, ONTOLOGY).plan() and len({t["key"] for t in tasks}) == 5
+    assert all(t["concept"] is None and t["prompt"] is None for t in tasks)
+    assert len({t["seed"] for t in tasks}) == 5
+    source.setup("cpu")
+    results = source.produce(tasks)  # a batch of 4, then 1
+    alone = source.produce([tasks[2]])[0]
+    assert all(isinstance(r, ProducedImage) and r.image.size == (24, 24) and r.image.mode == "RGB" for r in results)
+    assert np.array_equal(np.asarray(alone.image), np.asarray(results[2].image))
+    assert not np.array_equal(np.asarray(results[0].image), np.asarray(results[1].image))
+    prov = alone.provenance
+    assert prov["kind"] == "generated" and prov["unconditional"] is True and prov["pipeline"] == path
+    assert prov["pipeline_class"] == ("DDIMPipeline" if kind == "ddim" else "DDPMPipeline")
+    assert prov["concept"] is None and prov["prompt"] is None and prov["seed"] == tasks[2]["seed"]
+    assert prov["steps"] == 3 and (prov["height"], prov["width"]) == (24, 24)
+    assert alone.exact == [] and alone.exact_phrases == []
+
+
+def test_bad_unconditional_configs_are_one_line(pipelines: dict[str, str], tmp_path: Path) -> None:
+    path = str(build_tiny_unconditional(tmp_path / "ddim"))
+    bad = [dict(num_images=-1), dict(num_images=4, concepts=["forklift"]),
+           dict(num_images=4, inpaint=InpaintConfig(backgrounds=PoolConfig(folder=str(tmp_path))))]
+    for kw in bad:
+        with pytest.raises(ConfigError) as err:
+            GenerateSource(_config(path, **kw), ONTOLOGY)
+        assert "num_images" in str(err.value) and "\n" not in str(err.value)
+    # the pipeline's kind must match: an unconditional one needs num_images, a prompted one refuses it
+    for pipeline, kw, words in ((path, {}, "DDIMPipeline"), (pipelines["t2i"], dict(num_images=2), "takes a prompt")):
+        source = GenerateSource(_config(pipeline, **kw), ONTOLOGY)
+        with pytest.raises(ConfigError) as err:
+            source.setup("cpu")
+        assert words in str(err.value) and "num_images" in str(err.value) and "\n" not in str(err.value)

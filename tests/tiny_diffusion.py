@@ -34,3 +34,19 @@ def build_tiny_sd(out_dir: str | Path, inpaint: bool = False, seed: int = 0) -> 
     out = Path(out_dir)
     pipe.save_pretrained(out)
     return out
+
+
+def build_tiny_unconditional(out_dir: str | Path, kind: str = "ddim", size: int = 16, seed: int = 0) -> Path:
+    """Build a seeded tiny unconditional DDIMPipeline or DDPMPipeline (`size` px), `save_pretrained` it."""
+    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(sample_size=size, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, norm_num_groups=4)
+    if kind == "ddim":
+        pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100))
+    else:
+        pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100))
+    out = Path(out_dir)
+    pipe.save_pretrained(out)
+    return out

@@ -6,6 +6,11 @@ domains where such photos are scarce. Generated content is not guaranteed to sho
 this source gives no exact labels: the teacher and verifiers label its images like any pool image. Inpainting
 records the painted region in the provenance, for inspection and for filters downstream.
 
+An unconditional pipeline (one whose `__call__` takes no prompt: `DDPMPipeline`, `DDIMPipeline`, e.g. a small
+model trained on the domain's own images) draws images of the domain, not of one concept: set `num_images`
+instead of `images_per_concept`; its tasks carry no concept and no prompt, and its images are drawn at the
+model's own size, then resized to height x width.
+
 Every task carries its own seed; each image is drawn with its own CPU `torch.Generator` seeded from it (CPU
 generators give the same initial noise on every device), so a task yields the same image whether produced alone
 or in a batch. (On CPU the pixels are identical; on a GPU, kernels chosen per batch size can change low bits, so
@@ -59,7 +64,7 @@ class InpaintConfig:
 
 @dataclass
 class GenerateConfig:
-    """Which pipeline, which prompts, how many images of each concept."""
+    """Which pipeline, which prompts, how many images of each concept (or of the domain, unconditionally)."""
 
     pipeline: str = field(metadata=MODEL)  # a diffusers pipeline id or local folder ("stabilityai/sdxl-turbo",
     #                "stabilityai/sd-turbo", "black-forest-labs/FLUX.1-schnell", ...)
@@ -77,6 +82,8 @@ class GenerateConfig:
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"  # "auto": bfloat16 on cuda, float32 on cpu
     concepts: list[str] | None = None  # generate only these ontology concepts (None: all of them)
     inpaint: InpaintConfig | None = None  # paint into pool backgrounds instead (None: text-to-image)
+    num_images: int | None = None  # for an unconditional pipeline (no prompt: DDPM, DDIM): images of the domain
+    #                                to generate, instead of images_per_concept x concepts (None: it takes prompts)
 
 
 def _safe(text: str, limit: int = 32) -> str:
@@ -104,7 +111,8 @@ def _cover(image: Image.Image, width: int, height: int) -> Image.Image:
 
 
 class GenerateSource:
-    """Generated images of the ontology's concepts (no exact labels)."""
+    """Generated images of the ontology's concepts, or of the domain from an unconditional pipeline (no exact
+    labels)."""
 
     name = "generate"
 
@@ -134,6 +142,15 @@ class GenerateSource:
         for name in ("images_per_concept", "steps", "height", "width", "batch_size"):
             if getattr(config, name) < (0 if name == "images_per_concept" else 1):
                 raise ConfigError(f"generate: {name} must be positive, got {getattr(config, name)}")
+        if config.num_images is not None:
+            if config.num_images < 0:
+                raise ConfigError(f"generate: num_images must be >= 0, got {config.num_images}")
+            if config.inpaint is not None:
+                raise ConfigError("generate: num_images (an unconditional pipeline) and inpaint exclude each other; "
+                                  "inpainting paints a prompted concept: remove one of them")
+            if config.concepts is not None:
+                raise ConfigError("generate: num_images (an unconditional pipeline) draws the domain, not concepts; "
+                                  "remove concepts or num_images")
         if config.inpaint is not None:
             lo, hi = config.inpaint.region
             if not 0 < lo <= hi <= 1:
@@ -145,10 +162,20 @@ class GenerateSource:
         self.device = "cpu"
         self._call_params: set[str] = set()
 
+    @property
+    def unconditional(self) -> bool:
+        """Whether the config asks for an unconditional pipeline (num_images set)."""
+        return self.config.num_images is not None
+
     def plan(self) -> list[Task]:
         """images_per_concept tasks per concept: {"key", "concept", "prompt", "negative_prompt", "seed"} (with
-        inpainting also "background" (a pool task) and "region_xyxy_px" in output pixels)."""
+        inpainting also "background" (a pool task) and "region_xyxy_px" in output pixels); unconditional:
+        num_images tasks whose concept, prompt and negative_prompt are None."""
         cfg = self.config
+        if cfg.num_images is not None:
+            return [{"key": f"gen-any-{i:05d}", "concept": None, "prompt": None, "negative_prompt": None,
+                     "seed": int(np.random.default_rng([cfg.seed, i]).integers(0, 2**31 - 1))}
+                    for i in range(cfg.num_images)]
         pool = list_pool(cfg.inpaint.backgrounds) if cfg.inpaint is not None else []
         tasks = []
         for concept in self.concepts:
@@ -174,7 +201,8 @@ class GenerateSource:
         return tasks
 
     def setup(self, device: str) -> None:
-        """Load the pipeline onto `device`; `ModelLoadError` (one line) when it cannot be loaded."""
+        """Load the pipeline onto `device`; `ModelLoadError` (one line) when it cannot be loaded, `ConfigError` when
+        it takes a prompt and num_images is set, or takes none and num_images is not."""
         import torch  # noqa: F401 (diffusers needs it; imported here so the module imports without it)
         from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image, DiffusionPipeline
 
@@ -182,21 +210,32 @@ class GenerateSource:
         dtype = _resolve_dtype(cfg.dtype, device)
         auto = AutoPipelineForInpainting if cfg.inpaint is not None else AutoPipelineForText2Image
         try:
-            try:
-                pipe = auto.from_pretrained(cfg.pipeline, torch_dtype=dtype)
-            except ValueError as err:
-                if "AutoPipeline can't find" not in str(err):
-                    raise
+            if self.unconditional:  # the auto classes know prompted pipelines only
                 pipe = DiffusionPipeline.from_pretrained(cfg.pipeline, torch_dtype=dtype)
+            else:
+                try:
+                    pipe = auto.from_pretrained(cfg.pipeline, torch_dtype=dtype)
+                except ValueError as err:
+                    if "AutoPipeline can't find" not in str(err):
+                        raise
+                    pipe = DiffusionPipeline.from_pretrained(cfg.pipeline, torch_dtype=dtype)
             pipe = pipe.to(device)
         except Exception as err:  # noqa: BLE001 (hub, file, config and import errors of every kind)
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise ModelLoadError(f"generate: cannot load diffusers pipeline {cfg.pipeline!r} "
                                  f"({type(err).__name__}: {first})") from None
+        call_params = set(inspect.signature(pipe.__call__).parameters)
+        kind = type(pipe).__name__
+        if "prompt" not in call_params and not self.unconditional:
+            raise ConfigError(f"generate: {cfg.pipeline!r} is an unconditional {kind} (it takes no prompt): set "
+                              "num_images, the images of the domain to generate, instead of images_per_concept")
+        if "prompt" in call_params and self.unconditional:
+            raise ConfigError(f"generate: num_images is for unconditional pipelines, and {cfg.pipeline!r} is a "
+                              f"{kind} that takes a prompt: use images_per_concept instead")
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
         self.device = device
-        self._call_params = set(inspect.signature(pipe.__call__).parameters)
+        self._call_params = call_params
 
     def produce(self, tasks: Sequence[Task]) -> list[ProducedImage | SourceSkip]:
         """Generate each task's image, batch_size at a time, each from its own seeded generator."""
@@ -225,10 +264,16 @@ class GenerateSource:
         import torch
 
         cfg = self.config
+        generators = [torch.Generator("cpu").manual_seed(int(t["seed"])) for t, _ in batch]
+        if self.unconditional:  # drawn at the model's size, resized to height x width
+            with torch.inference_mode():
+                images = self.pipe(batch_size=len(batch), generator=generators, num_inference_steps=cfg.steps,
+                                   output_type="pil").images
+            return [im.convert("RGB") if im.size == (cfg.width, cfg.height)
+                    else im.convert("RGB").resize((cfg.width, cfg.height), Image.BICUBIC) for im in images]
         kwargs: dict[str, Any] = dict(
             prompt=[t["prompt"] for t, _ in batch], height=cfg.height, width=cfg.width,
-            num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, output_type="pil",
-            generator=[torch.Generator("cpu").manual_seed(int(t["seed"])) for t, _ in batch])
+            num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, output_type="pil", generator=generators)
         negatives = [t.get("negative_prompt") for t, _ in batch]
         if any(n is not None for n in negatives) and "negative_prompt" in self._call_params:
             kwargs["negative_prompt"] = [n or "" for n in negatives]
@@ -252,8 +297,8 @@ class GenerateSource:
         out: dict[str, Any] = {
             "kind": "generated", "pipeline": cfg.pipeline, "pipeline_class": type(self.pipe).__name__,
             "prompt": task["prompt"], "negative_prompt": task.get("negative_prompt"), "seed": int(task["seed"]),
-            "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "concept": task["concept"],
-            "height": cfg.height, "width": cfg.width}
+            "steps": cfg.steps, "guidance_scale": None if self.unconditional else cfg.guidance_scale,
+            "concept": task["concept"], "unconditional": self.unconditional, "height": cfg.height, "width": cfg.width}
         if cfg.inpaint is not None:
             out.update(background=describe_task(task["background"]), region_xyxy_px=list(task["region_xyxy_px"]),
                        strength=cfg.inpaint.strength)
