@@ -115,8 +115,14 @@ def check_recipe(recipe: RecipeConfig) -> list[Finding]:
         found += _check_file("ontology", recipe.ontology, "")
     found += check_data("hq.train", recipe.hq.train)
     found += check_data("hq.test", recipe.hq.test)
-    if "general" in recipe.mixes:
-        found += check_data("general", recipe.general)
+    general = recipe.general
+    if general is not None and ("general" in recipe.mixes or general.held_out):
+        found += check_data("general.train", general.train)
+    if general is not None:
+        found += check_data("general.test", general.test)
+    if recipe.calibration is not None and recipe.calibration.human:
+        found += _check_file("calibration.human", recipe.calibration.human, "a human-labelled sample in the format "
+                             "of `sam3-adapt synth calibrate` (verifiers/calibration.py)")
     if any(a in recipe.arms for a in ("pl", "syn", "syn+hq")):
         found += check_images("pool.source", recipe.pool)
     if "gen" in recipe.arms:

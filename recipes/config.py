@@ -76,6 +76,48 @@ class HqData:
 
 
 @dataclass
+class GeneralData:
+    """General-domain HQ data (what the base model already knows): mixed 1:1 into the `general` mix, and held out
+    as the retention test every run is scored on, so a recipe shows what the adaptation cost."""
+
+    train: DataRef | None = None  # mixed into training in the `general` mix
+    test: DataRef | None = None  # the retention test set (None: `held_out` images of `train`)
+    held_out: int = 0  # with no `test`: this many images of `train` (a fixed choice by file name) become the
+    #                    test set, and training never sees them
+
+    def __post_init__(self) -> None:
+        if self.held_out < 0:
+            raise ConfigError(f"general.held_out must be >= 0, got {self.held_out}")
+        if self.test is not None and self.held_out:
+            raise ConfigError("general: give either test (a test set) or held_out (images of train kept out), "
+                              "not both")
+        if self.held_out and self.train is None:
+            raise ConfigError("general.held_out needs general.train (the data to hold images out of)")
+
+    @property
+    def has_test(self) -> bool:
+        """Whether the recipe measures retention (a general test set, given or held out)."""
+        return self.test is not None or self.held_out > 0
+
+
+@dataclass
+class CalibrationSettings:
+    """Calibrate the verifiers' accept thresholds on human-verified labels before they judge the pool."""
+
+    human: str | None = field(default=None, metadata=PATH)  # a human-labelled sample in `synth calibrate`'s
+    #                   format (verifiers/calibration.py); None: built from `hq_images` images of hq.train
+    hq_images: int = 100  # with no `human` file: hq.train images the teacher labels; its instances matching a
+    #                       human mask of their phrase (IoU >= 0.5) are the accepts, the others the rejects
+    target_precision: float = 0.9  # each verifier's threshold: the lowest whose accept precision reaches this
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_precision <= 1:
+            raise ConfigError(f"calibration.target_precision must be in (0, 1], got {self.target_precision}")
+        if self.hq_images < 1:
+            raise ConfigError(f"calibration.hq_images must be >= 1, got {self.hq_images}")
+
+
+@dataclass
 class TrainSettings:
     """How every arm fine-tunes, in `fit`'s vocabulary: the model sections `Sam3FineTuner` takes (trainable,
     objective, optimizer, schedule, validation, phrase_chunk_size, image_size), the data keys of `Sam3DataModule`
@@ -124,15 +166,18 @@ class RecipeConfig:
     base_model: str = field(default="facebook/sam3", metadata=MODEL)  # Hub id, save_pretrained folder or preset
     pool: ImagesRef | None = None  # unlabelled domain images, pseudo-labelled for the pl and syn arms
     generator: ImagesRef | None = None  # generated images, pseudo-labelled and verified for the gen arm
-    general: DataRef | None = None  # general-domain HQ data mixed 1:1 into the `general` mix
+    general: GeneralData | None = None  # general-domain HQ data: the 1:1 mix, and the retention test
     teacher: RecipeTeacher = field(default_factory=RecipeTeacher)  # synth's teacher keys
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     verifier_training: CropClassifierConfig | None = None  # train a crop-classifier verifier on hq.train, add it
+    calibration: CalibrationSettings | None = None  # calibrate the verifiers' thresholds first (None: as written)
     synth: RunConfig = field(default_factory=RunConfig)  # how the data engine is sharded and where it runs
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     mixes: list[str] = field(default_factory=lambda: list(MIXES))  # each trained arm without / with 1:1 general
     sizes: list[int] = field(default_factory=lambda: [100, 1000])  # domain training images per run (the sweep)
     seeds: list[int] = field(default_factory=lambda: [0])
+    rounds: int = 1  # data-engine rounds: round k+1 pseudo-labels the images again with round k's best model as
+    #                  the teacher and retrains the pseudo-labelled arms (pl, syn, syn+hq, gen)
     train: TrainSettings = field(default_factory=TrainSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
@@ -155,8 +200,10 @@ class RecipeConfig:
                 raise ConfigError(f"arms: {arm!r} needs a {needs[arm]} section (images to pseudo-label)")
         if isinstance(self.ontology, dict):  # an inline ontology is checked on load too, naming the file
             ontology_from_mapping(self.ontology, "ontology")
-        if "general" in self.mixes and self.general is None:
-            raise ConfigError("mixes: 'general' needs a general section (general-domain HQ data to mix 1:1)")
+        if "general" in self.mixes and (self.general is None or self.general.train is None):
+            raise ConfigError("mixes: 'general' needs general.train (general-domain HQ data to mix 1:1)")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
         if self.train.steps < 1:
             raise ConfigError(f"train.steps must be >= 1, got {self.train.steps}")
         if self.train.parallel_jobs < 1:
@@ -200,7 +247,7 @@ def recipe_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     data = read_config_file(path, "recipe")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of keys (name, ontology, hq, ...)")
-    return resolve_mapping_paths(RecipeConfig, data, Path(path).parent)
+    return resolve_mapping_paths(RecipeConfig, general_as_train(data, str(path)), Path(path).parent)
 
 
 def load_recipe(name_or_path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> RecipeConfig:
@@ -209,5 +256,16 @@ def load_recipe(name_or_path: str | os.PathLike[str], overrides: dict[str, Any] 
     path = recipe_path(name_or_path)
     data = recipe_mapping(path)
     if overrides:
+        overrides = general_as_train(overrides, "the command line")
         data = deep_merge(data, resolve_mapping_paths(RecipeConfig, overrides, Path.cwd()))
     return parse_dataclass(RecipeConfig, data, str(path))
+
+
+def general_as_train(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A `general:` section written as one dataset (before retention tests) is its `train:`, with a notice."""
+    general = data.get("general")
+    if isinstance(general, dict) and ({"path", "toy"} & set(general)):
+        notice(f"{where}: `general:` is now {{train: ..., test: ...}}; read the dataset given as general.train "
+               "(add general.test or general.held_out to measure what the adaptation costs)")
+        return {**data, "general": {"train": general}}
+    return data

@@ -7,25 +7,26 @@ Everything goes under the recipe's output folder and is resumable: toy datasets 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
 
 from adapt.settings import DatasetSpec
 from adapt.data.readers import read_dataset
 from adapt.data.records import ImageSample
 from sam3_model.atomic import atomic_write_text
 from sam3_model.errors import ConfigError
+from sam3_model.formats import read_json, write_json_dataset
 from sam3_model.images import load_image
 from synth.config import SourceConfig, SynthConfig
 from synth.engine import SynthRun
-from verifiers.configs import CropClassifierVerifyConfig
+from verifiers.configs import CropClassifierVerifyConfig, VerifyConfig
 from verifiers.crop_classifier import LabelledObject, train_crop_classifier
 from verifiers.geometric import mask_iou
 
-from .config import DataRef, ImagesRef, RecipeConfig
+from .config import DataRef, GeneralData, ImagesRef, RecipeConfig
 
 SAME_OBJECT_IOU = 0.8  # two phrases' instances with this mask IoU are one object
 
@@ -58,21 +59,66 @@ def materialise(ref: DataRef, recipe: RecipeConfig, work: Path, progress: bool =
     return Dataset(str(exact), None, "saco", ref.max_images)
 
 
-def synth_config(recipe: RecipeConfig, images: ImagesRef, verifier_dir: Path | None, progress: bool) -> SynthConfig:
-    """The data-engine config of one image source: the recipe's teacher and verifiers (plus the trained one)."""
-    verify = recipe.verify
-    if verifier_dir is not None:
-        threshold = recipe.verifier_training.threshold if recipe.verifier_training else 0.5
-        verify = dataclasses.replace(verify, crop_classifier=CropClassifierVerifyConfig(str(verifier_dir), threshold))
-    return SynthConfig(ontology=recipe.ontology, labels="teacher", source=images.source,
-                       teacher=recipe.teacher_config(), verify=verify,
-                       run=dataclasses.replace(recipe.synth, progress=progress))
+def general_datasets(general: GeneralData | None, recipe: RecipeConfig, work: Path,
+                     progress: bool = True) -> dict[str, Dataset]:
+    """The general data on disk: {"general": the training mix, "general-test": the retention test} (either may be
+    absent); with `held_out`, the test images are taken out of the training file."""
+    if general is None:
+        return {}
+    found: dict[str, Dataset] = {}
+    if general.train is not None:
+        found["general"] = materialise(general.train, recipe, work / "general", progress)
+    if general.test is not None:
+        found["general-test"] = materialise(general.test, recipe, work / "general-test", progress)
+    elif general.held_out:
+        found["general"], found["general-test"] = hold_out(found["general"], general.held_out, work / "general-split")
+    return found
 
 
-def run_synth(recipe: RecipeConfig, images: ImagesRef, out: Path, verifier_dir: Path | None,
-              progress: bool = True) -> dict[str, Path]:
+def hold_out(data: Dataset, count: int, work: Path) -> tuple[Dataset, Dataset]:
+    """Split a COCO or SA-Co file into (the rest, `count` held-out images), chosen by a hash of each file name so
+    the choice does not depend on the file's order; both written under `work`, reading the original images."""
+    content = read_json(data.path, "general data")
+    names = sorted({entry["file_name"] for entry in content.get("images", [])},
+                   key=lambda name: hashlib.sha1(name.encode("utf-8")).hexdigest())
+    if count >= len(names):
+        raise ConfigError(f"general.held_out: {count} images held out of {data.path}, which has only {len(names)}")
+    test_names = set(names[:count])
+    images = data.images or str(Path(data.path).parent)
+    parts = []
+    for name, keep in (("train", lambda n: n not in test_names), ("test", lambda n: n in test_names)):
+        kept = [e for e in content["images"] if keep(e["file_name"])]
+        ids = {e["id"] for e in kept}
+        subset = {**content, "images": kept,
+                  "annotations": [a for a in content.get("annotations", []) if a["image_id"] in ids]}
+        path = write_json_dataset(work / f"{name}.json", subset)
+        parts.append(Dataset(str(path), images, data.format, data.max_images if name == "train" else None))
+    return parts[0], parts[1]
+
+
+def verify_config(recipe: RecipeConfig, verifier_dir: Path | None) -> VerifyConfig:
+    """The recipe's verifiers, plus the crop classifier trained on hq.train when there is one."""
+    if verifier_dir is None:
+        return recipe.verify
+    threshold = recipe.verifier_training.threshold if recipe.verifier_training else 0.5
+    return dataclasses.replace(recipe.verify,
+                               crop_classifier=CropClassifierVerifyConfig(str(verifier_dir), threshold))
+
+
+def synth_config(recipe: RecipeConfig, images: ImagesRef, verify: VerifyConfig, progress: bool,
+                 teacher: str | None = None) -> SynthConfig:
+    """The data-engine config of one image source: the recipe's teacher (or the model `teacher`) and `verify`."""
+    teacher_config = recipe.teacher_config()
+    if teacher is not None:
+        teacher_config = dataclasses.replace(teacher_config, model=teacher)
+    return SynthConfig(ontology=recipe.ontology, labels="teacher", source=images.source, teacher=teacher_config,
+                       verify=verify, run=dataclasses.replace(recipe.synth, progress=progress))
+
+
+def run_synth(recipe: RecipeConfig, images: ImagesRef, out: Path, verify: VerifyConfig, progress: bool = True,
+              teacher: str | None = None) -> dict[str, Path]:
     """Pseudo-label and verify `images` into `out` (resumable); returns {"pl": ..., "syn": ...} dataset files."""
-    return SynthRun(synth_config(recipe, images, verifier_dir, progress), out).run()
+    return SynthRun(synth_config(recipe, images, verify, progress, teacher), out).run()
 
 
 def labelled_objects(sample: ImageSample) -> list[LabelledObject]:
@@ -95,8 +141,9 @@ def labelled_objects(sample: ImageSample) -> list[LabelledObject]:
     return [LabelledObject(m, frozenset(pos), frozenset(exhaustive - pos)) for m, pos in zip(masks, positives)]
 
 
-def train_verifier(recipe: RecipeConfig, hq_train: Dataset, out: Path, phrases: list[str]) -> Path:
-    """Train the crop-classifier verifier on the HQ training split (once) and save it to `out`."""
+def train_verifier(recipe: RecipeConfig, hq_train: Dataset, out: Path, phrases: list[str], skip: int = 0) -> Path:
+    """Train the crop-classifier verifier on the HQ training split (once; its first `skip` images left out, they
+    calibrate it) and save it to `out`."""
     if (out / "report.json").is_file():
         return out
     result = read_dataset(hq_train.path, format=hq_train.format, image_root=hq_train.images)
@@ -105,6 +152,10 @@ def train_verifier(recipe: RecipeConfig, hq_train: Dataset, out: Path, phrases: 
         raise ConfigError(f"{hq_train.path}: {len(result.problems)} bad entries in the HQ training data, first: "
                           f"{first}")
     samples = result.samples[: hq_train.max_images] if hq_train.max_images else result.samples
+    if skip >= len(samples):
+        raise ConfigError(f"calibration.hq_images: {skip} of the {len(samples)} hq.train images calibrate the "
+                          "verifiers, which leaves none to train the crop classifier on; lower it")
+    samples = samples[skip:]
     examples = [(load_image(s.image_path, str(s.image_path)), labelled_objects(s)) for s in samples]
     examples = [(image, objects) for image, objects in examples if objects]
     config = recipe.verifier_training or None

@@ -1,4 +1,5 @@
-"""One recipe run: fine-tune the base model on one arm's data (or not, for zero-shot), evaluate on the HQ test set.
+"""One recipe run: fine-tune the base model on one arm's data (or not, for zero-shot), evaluate it on the HQ test
+set and, when the recipe has one, on the general test set (what the adaptation cost).
 
 A `TrainJob` is plain data, so jobs can run side by side in worker processes. Each job writes into its own folder:
 `fit.yaml` (the `sam3-adapt fit` config that trains the same model: `sam3-adapt fit --config runs/.../fit.yaml`
@@ -27,8 +28,10 @@ from .config import TrackingSettings, TrainSettings
 
 RESULT_NAME = "result.json"
 # Columns of results.csv, in order: the documented ones first.
-COLUMNS = ("arm", "train_images", "seed", "cgF1", "pmF1", "IL_MCC", "AP", "mix", "steps", "train_seconds", "run")
+COLUMNS = ("arm", "train_images", "seed", "cgF1", "pmF1", "IL_MCC", "AP", "general_cgF1", "general_pmF1",
+           "general_IL_MCC", "general_AP", "mix", "round", "steps", "train_seconds", "run")
 METRICS = {"cgF1": "cgF1", "pmF1": "pmF1", "IL_MCC": "IL_MCC", "AP": "AP_mask"}  # column -> validation metric
+TEST_SET, GENERAL_TEST_SET = "hq-test", "general-test"  # the evaluation sets' names (val/<name>/cgF1)
 
 
 @dataclass
@@ -43,12 +46,18 @@ class TrainJob:
     base_model: str
     out_dir: str
     test: DatasetSpec
+    general_test: DatasetSpec | None = None  # the retention test set (general concepts), scored beside `test`
     train_data: list[DatasetSpec] = field(default_factory=list)  # empty: zero-shot (evaluate only)
     domain_data: list[str] = field(default_factory=list)  # names of the train_data entries that are domain data
     settings: TrainSettings = field(default_factory=TrainSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     recipe: str = ""
     progress: bool = True
+    round: int = 1  # the data-engine round whose pseudo-labels the job trains on
+
+    def eval_sets(self) -> list[DatasetSpec]:
+        """The sets every model of the job is scored on: the HQ test set, then the general one (if any)."""
+        return [self.test, *([self.general_test] if self.general_test is not None else [])]
 
 
 def read_result(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -82,7 +91,7 @@ def model_config(job: TrainJob) -> dict[str, Any]:
 def data_config(job: TrainJob) -> dict[str, Any]:
     """The `data:` section of `fit` (Sam3DataModule's arguments): the arm's datasets, validated on the test set."""
     s = job.settings
-    return {"train": [asdict(d) for d in job.train_data] or None, "val": [asdict(job.test)],
+    return {"train": [asdict(d) for d in job.train_data] or None, "val": [asdict(d) for d in job.eval_sets()],
             "batch_size": s.batch_size, "num_workers": s.num_workers, "augment": asdict(s.augment), "seed": job.seed}
 
 
@@ -144,7 +153,7 @@ def _run_job(job: TrainJob) -> dict[str, Any]:
         atomic_write_text(out / "fit.yaml", yaml.safe_dump(fit_config(job), sort_keys=False))
     L.seed_everything(job.seed, workers=True, verbose=False)
     module = _module(job)
-    data = Sam3DataModule(train=job.train_data or None, val=[job.test], batch_size=s.batch_size,
+    data = Sam3DataModule(train=job.train_data or None, val=job.eval_sets(), batch_size=s.batch_size,
                           num_workers=s.num_workers, augment=s.augment, seed=job.seed)
     logger = _logger(job)
     settings = trainer_config(job)
@@ -159,26 +168,44 @@ def _run_job(job: TrainJob) -> dict[str, Any]:
     evaluator = build_trainer(spawn=True, quiet=True, default_root_dir=str(out), logger=logger,
                               **{**evaluation, "devices": 1 if s.accelerator == "cpu" else s.devices})
     metrics = evaluator.validate(module, datamodule=data, verbose=False)[0]
+    scores = test_scores(metrics, job)
+    save_tables(module, out)
     domain_images = _domain_images(data, job)
     card = ModelCardInfo(base_model=job.base_model, data=f"{job.arm} ({job.mix} mix), {domain_images} images",
-                         recipe=job.recipe, metrics={k: float(metrics[f"val/{v}"]) for k, v in METRICS.items()})
+                         recipe=job.recipe, metrics={k: scores[k] for k in METRICS})
     if job.train_data:
         if s.trainable.mode == "lora":
             export_adapter(module.model, out / "model", card)
         else:
             export_merged(module.model, module.processor, out / "model", card)
     result = {"arm": job.arm, "train_images": domain_images, "seed": job.seed,
-              **{k: round(float(metrics[f"val/{v}"]), 4) for k, v in METRICS.items()},
-              "mix": job.mix, "steps": steps, "train_seconds": round(seconds, 1), "run": job.name,
+              **{k: round(v, 4) for k, v in scores.items()},
+              "mix": job.mix, "round": job.round, "steps": steps, "train_seconds": round(seconds, 1), "run": job.name,
               "requested_images": job.size, "all_metrics": {k: round(float(v), 4) for k, v in metrics.items()},
               "model": str(out / "model") if job.train_data else job.base_model, "mode": s.trainable.mode}
     if logger:
         import wandb
 
-        logger.log_metrics({f"test/{k}": v for k, v in result.items() if k in METRICS})
+        logger.log_metrics({f"test/{k}": v for k, v in scores.items()})
         wandb.finish()
     atomic_write_text(out / RESULT_NAME, json.dumps(result, indent=2) + "\n")
     return result
+
+
+def test_scores(metrics: dict[str, Any], job: TrainJob) -> dict[str, float]:
+    """The result's scores from the validation metrics: the HQ test set's (cgF1, ...) and, with a general test set,
+    its own (general_cgF1, ...); with one set Lightning's keys carry no set name."""
+    if job.general_test is None:
+        return {k: float(metrics[f"val/{v}"]) for k, v in METRICS.items()}
+    scores = {k: float(metrics[f"val/{TEST_SET}/{v}"]) for k, v in METRICS.items()}
+    scores.update({f"general_{k}": float(metrics[f"val/{GENERAL_TEST_SET}/{v}"]) for k, v in METRICS.items()})
+    return scores
+
+
+def save_tables(module: Any, out: Path) -> None:
+    """Each evaluation set's per-pair table (`pairs-<set>.npz`), for bootstrap intervals over the test images."""
+    for name, table in (getattr(module, "evaluation_tables", None) or {}).items():
+        table.save(out / f"pairs-{name}.npz")
 
 
 def _domain_images(data: Any, job: TrainJob) -> int:

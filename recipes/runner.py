@@ -1,10 +1,12 @@
 """`sam3-adapt recipe run`: the steps of a recipe, in the order the YAML reads.
 
-    data      HQ train / test (and general) datasets: files, or toy images rendered with exact labels
+    data      HQ train / test and general train / test datasets: files, or toy images rendered with exact labels
     verifier  a crop classifier trained on HQ train (when the recipe asks for one)
+    calibrate the verifiers' thresholds set on human-verified labels (when the recipe asks for it)
     synth     the pool (pl, syn arms) and the generator (gen arm) pseudo-labelled and verified
-    train     every arm x mix x size x seed fine-tuned, and zero-shot, all evaluated on HQ test
-    report    results.csv, results.md, scaling.png, a W&B summary run
+    train     every arm x mix x size x seed fine-tuned, and zero-shot, all evaluated on HQ test and general test
+    rounds    with `rounds: N`, synth and train again with the previous round's best model as the teacher
+    report    results.csv, results.md (with 95% bootstrap intervals), scaling.png, tradeoff.png, a W&B summary
     export    the best arm's model, loadable by transformers
 
 Every step skips finished work, so a rerun after a crash (or with more arms or seeds) only does what is new.
@@ -30,11 +32,17 @@ from sam3_model.atomic import atomic_write_text
 from sam3_model.errors import ConfigError
 from synth.ontology import load_ontology, ontology_from_mapping
 
+from .calibration import calibrated
 from .check import check_message, check_recipe
 from .config import RecipeConfig
-from .data import Dataset, materialise, run_synth, train_verifier, verifier_report
-from .jobs import TrainJob, read_result, run_job
-from .results import best_group, group_rows, results_markdown, scaling_plot, write_csv
+from .data import Dataset, general_datasets, materialise, run_synth, train_verifier, verifier_report, verify_config
+from .jobs import GENERAL_TEST_SET, TEST_SET, TrainJob, read_result, run_job
+from .evidence import Evidence
+from .results import (add_report_columns, best_group, group_rows, results_markdown, scaling_plot, tradeoff_plot,
+                      write_csv)
+
+PSEUDO_LABELLED = ("pl", "syn", "syn+hq", "gen")  # the arms a new data-engine round retrains
+SEMANTIC_VERIFIERS = {"crop_classifier", "clip", "vlm", "agreement"}  # judge what a mask shows, not its shape
 
 
 @dataclass
@@ -57,9 +65,9 @@ def _versions() -> dict[str, str]:
             "lightning": lightning.__version__}
 
 
-def run_name(arm: str, mix: str, size: int, seed: int) -> str:
-    """The folder of one run: "syn-n200-s0", "syn+general-n200-s0"."""
-    return f"{arm}{'' if mix == 'none' else '+' + mix}-n{size}-s{seed}"
+def run_name(arm: str, mix: str, size: int, seed: int, round_: int = 1) -> str:
+    """The folder of one run: "syn-n200-s0", "syn+general-n200-s0", "syn-n200-s0-r2" (round 2)."""
+    return f"{arm}{'' if mix == 'none' else '+' + mix}-n{size}-s{seed}{'' if round_ == 1 else f'-r{round_}'}"
 
 
 class RecipeRun:
@@ -70,6 +78,9 @@ class RecipeRun:
         self.recipe, self.out, self.where = recipe, Path(out), where or recipe.name
         self.progress, self.say = progress, say
         self.timings: dict[str, float] = {}
+        self.verify = recipe.verify  # the verifiers that judge the pseudo-labels (trained and calibrated ones added)
+        self.calibration_note = ""
+        self.teachers: dict[int, str] = {}  # round -> the teacher model that labelled its pool
 
     # ----- steps --------------------------------------------------------------------------------------------
     def ontology(self):
@@ -80,12 +91,11 @@ class RecipeRun:
         return ontology_from_mapping(r.ontology, f"recipe {r.name}: ontology")
 
     def data(self) -> dict[str, Dataset]:
-        """HQ train, HQ test and (when mixed) general data, on disk."""
+        """HQ train, HQ test, and general train (the mix) and test (retention) data, on disk."""
         r, work = self.recipe, self.out / "data"
         found = {"hq": materialise(r.hq.train, r, work / "hq-train", self.progress),
                  "test": materialise(r.hq.test, r, work / "hq-test", self.progress)}
-        if "general" in r.mixes and r.general is not None:
-            found["general"] = materialise(r.general, r, work / "general", self.progress)
+        found.update(general_datasets(r.general, r, work, self.progress))
         return found
 
     def verifier(self, hq: Dataset) -> Path | None:
@@ -93,33 +103,48 @@ class RecipeRun:
         r = self.recipe
         if r.verifier_training is None or not any(a in r.arms for a in ("syn", "syn+hq", "gen")):
             return None
-        return train_verifier(r, hq, self.out / "verifier", list(self.ontology().phrases()))
+        calibration = r.calibration
+        skip = calibration.hq_images if calibration is not None and not calibration.human else 0
+        return train_verifier(r, hq, self.out / "verifier", list(self.ontology().phrases()), skip)
 
-    def synth(self, verifier: Path | None) -> dict[str, Dataset]:
-        """The pool's pl and syn datasets and the generator's (verified) gen dataset."""
-        r, found = self.recipe, {}
+    def calibrate(self, verifier: Path | None, hq: Dataset) -> None:
+        """The verifiers that will judge the pool: the recipe's, the trained one, thresholds calibrated if asked."""
+        verify = verify_config(self.recipe, verifier)
+        self.verify, self.calibration_note = calibrated(self.recipe, verify, hq, self.ontology(),
+                                                        self.out / "calibration")
+
+    def synth(self, round_: int = 1, teacher: str | None = None) -> dict[str, Dataset]:
+        """The pool's pl and syn datasets and the generator's (verified) gen dataset, labelled by the recipe's
+        teacher (round 1) or by `teacher`, the previous round's best model."""
+        r, found, suffix = self.recipe, {}, "" if round_ == 1 else f"-r{round_}"
+        self.teachers[round_] = teacher or r.teacher_config().model
         if r.pool is not None and any(a in r.arms for a in ("pl", "syn", "syn+hq")):
-            files = run_synth(r, r.pool, self.out / "synth" / "pool", verifier, self.progress)
+            files = run_synth(r, r.pool, self.out / "synth" / f"pool{suffix}", self.verify, self.progress, teacher)
             found["pl"] = Dataset(str(files["pl"]), None, "saco")
             found["syn"] = Dataset(str(files["syn"]), None, "saco")
         if r.generator is not None and "gen" in r.arms:
-            files = run_synth(r, r.generator, self.out / "synth" / "gen", verifier, self.progress)
+            files = run_synth(r, r.generator, self.out / "synth" / f"gen{suffix}", self.verify, self.progress, teacher)
             found["gen"] = Dataset(str(files["syn"]), None, "saco")
         return found
 
-    def jobs(self, datasets: dict[str, Dataset]) -> list[TrainJob]:
-        """Zero-shot, then every trained arm x mix x size x seed."""
+    def jobs(self, datasets: dict[str, Dataset], round_: int = 1) -> list[TrainJob]:
+        """Zero-shot, then every trained arm x mix x size x seed (in rounds after the first: the arms trained on
+        pseudo-labels only)."""
         r = self.recipe
         base = r.base_model
         neg = r.train.max_negatives
         phrases = list(self.ontology().phrases())  # domain data is scored on the ontology's phrases only
-        common = dict(base_model=base, test=datasets["test"].spec(name="hq-test", phrases=phrases), settings=r.train,
-                      tracking=r.tracking, recipe=r.name, progress=self.progress)
+        general_test = datasets["general-test"].spec(name=GENERAL_TEST_SET) if "general-test" in datasets else None
+        common = dict(base_model=base, test=datasets["test"].spec(name=TEST_SET, phrases=phrases),
+                      general_test=general_test, settings=r.train, tracking=r.tracking, recipe=r.name,
+                      progress=self.progress, round=round_)
         jobs = []
-        if "zero-shot" in r.arms:
+        if "zero-shot" in r.arms and round_ == 1:
             jobs.append(TrainJob(name="zero-shot", arm="zero-shot", mix="none", size=0, seed=r.seeds[0],
                                  out_dir=str(self.out / "runs" / "zero-shot"), **common))
         for arm in r.trained_arms:
+            if round_ > 1 and arm not in PSEUDO_LABELLED:
+                continue
             for mix in r.mixes:
                 for size in r.sizes:
                     for seed in r.seeds:
@@ -135,7 +160,7 @@ class RecipeRun:
                         train = list(domain)
                         if mix == "general":  # 1:1: general data gets as many draws as the domain data together
                             train.append(datasets["general"].spec(name="general", weight=1.0, max_negatives=neg))
-                        name = run_name(arm, mix, size, seed)
+                        name = run_name(arm, mix, size, seed, round_)
                         jobs.append(TrainJob(name=name, arm=arm, mix=mix, size=size, seed=seed,
                                              out_dir=str(self.out / "runs" / name), train_data=train,
                                              domain_data=[d.name for d in domain], **common))
@@ -175,13 +200,17 @@ class RecipeRun:
     def report(self, rows: list[dict[str, Any]], notes: list[str]) -> None:
         """results.csv, results.md, scaling.png and the W&B summary run."""
         r = self.recipe
+        add_report_columns(rows, Evidence(self.out / "runs", self.ontology()))
         changed = write_csv(rows, self.out / "results.csv")
         if not changed and (self.out / "results.md").is_file() and (self.out / "scaling.png").is_file():
             self.say("report: results unchanged since the last run, kept")
             return
         title = f"Recipe {r.name}: {r.description}" if r.description else f"Recipe {r.name}"
         scaling_plot(rows, self.out / "scaling.png", f"{r.name}: cgF1 against domain training images")
-        atomic_write_text(self.out / "results.md", results_markdown(rows, title, notes))
+        if any(row.get("general_cgF1") not in (None, "") for row in rows):
+            tradeoff_plot(rows, self.out / "tradeoff.png", f"{r.name}: domain gain against general cost")
+        atomic_write_text(self.out / "results.md", results_markdown(rows, title, notes, self.out / "runs",
+                                                                    self.ontology()))
         if r.tracking.wandb != "disabled":
             self._wandb_summary(rows)
 
@@ -193,9 +222,11 @@ class RecipeRun:
                          group=self.recipe.name, job_type="summary", dir=str(self.out), mode=t.wandb,
                          config={"recipe": dataclasses.asdict(self.recipe)}, reinit="create_new",
                          settings=wandb.Settings(silent=True))
-        columns = ["arm", "mix", "train_images", "seed", "cgF1", "pmF1", "IL_MCC", "AP"]
-        run.log({"results": wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows]),
-                 "scaling": wandb.Image(str(self.out / "scaling.png"))})
+        columns = ["arm", "mix", "round", "train_images", "seed", "cgF1", "pmF1", "IL_MCC", "AP", "general_cgF1"]
+        images = {name: wandb.Image(str(self.out / f"{name}.png")) for name in ("scaling", "tradeoff")
+                  if (self.out / f"{name}.png").is_file()}
+        run.log({"results": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows]),
+                 **images})
         best = best_group(group_rows(rows))
         if best is not None:
             run.summary.update({"best_arm": best.label, "best_train_images": best.train_images,
@@ -251,14 +282,30 @@ class RecipeRun:
             {"recipe": dataclasses.asdict(r), "source": self.where, "versions": _versions()}, indent=2) + "\n")
         datasets = self._timed("data", self.data)
         verifier = self._timed("verifier", lambda: self.verifier(datasets["hq"]))
-        datasets.update(self._timed("synth", lambda: self.synth(verifier)))
-        jobs = self.jobs(datasets)
-        rows = self._timed("train", lambda: self.train(jobs))
+        self._timed("calibrate", lambda: self.calibrate(verifier, datasets["hq"]))
+        datasets.update(self._timed("synth", lambda: self.synth()))
+        rows = self._timed("train", lambda: self.train(self.jobs(datasets)))
+        for round_ in range(2, r.rounds + 1):
+            teacher = self._round_teacher(rows, round_ - 1)
+            if teacher is None:
+                break
+            datasets.update(self._timed(f"synth-r{round_}", lambda: self.synth(round_, teacher)))
+            rows += self._timed(f"train-r{round_}", lambda: self.train(self.jobs(datasets, round_)))
         notes = self._notes(rows, verifier)
         self._timed("report", lambda: self.report(rows, notes))
         export = self._timed("export", lambda: self.export(rows))
         atomic_write_text(self.out / "timings.json", json.dumps(self.timings, indent=2) + "\n")
         return RecipeOutputs(self.out, rows, export, dict(self.timings), notes)
+
+    def _round_teacher(self, rows: list[dict[str, Any]], round_: int) -> str | None:
+        """The model of round `round_`'s best trained group (its best seed): the next round's teacher."""
+        best = best_group(group_rows([row for row in rows if int(row.get("round", 1)) == round_]))
+        if best is None:
+            self.say(f"rounds: round {round_} trained no model; no further round")
+            return None
+        row = max(best.rows, key=lambda x: float(x["cgF1"]))
+        self.say(f"round {round_ + 1}: the teacher is round {round_}'s best, {row['run']} (cgF1 {row['cgF1']})")
+        return str(row["model"])
 
     def _timed(self, step: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
@@ -274,10 +321,19 @@ class RecipeRun:
             if row["arm"] != "zero-shot" and int(row["train_images"]) < int(row.get("requested_images", 0)):
                 notes.append(f"{row['run']}: only {row['train_images']} of the {row['requested_images']} requested "
                              "domain images exist (the source is smaller).")
+        judged = [name for name, _ in self.verify.configured()]
+        notes.append("syn was judged by: " + (", ".join(judged) if judged else "no verifier (syn equals pl)")
+                     + ("; none of them judges whether a mask shows its concept" if judged and not
+                        set(judged) & SEMANTIC_VERIFIERS else "") + ".")
+        if self.calibration_note:
+            notes.append(self.calibration_note + ".")
         if verifier is not None:
             rep = verifier_report(verifier)
             notes.append(f"verifier: a crop classifier trained on {rep.get('images', '?')} HQ training images "
                          f"({rep.get('examples', '?')} crops; train accuracy {rep.get('train_accuracy', '?')}).")
+        for round_, teacher in sorted(self.teachers.items()):
+            if round_ > 1:
+                notes.append(f"round {round_}: pool labelled by {teacher}.")
         for name in ("pool", "gen"):
             summary = self.out / "synth" / name / "summary.json"
             if summary.is_file():

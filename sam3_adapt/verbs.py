@@ -94,6 +94,10 @@ def _positional_config(verb: Verb, config_cls: type, value: str) -> tuple[str, d
     data = read_config_file(path, "config")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    if verb.positional == "recipe":  # a recipe written before `general:` had a test set
+        from recipes.config import general_as_train
+
+        data = general_as_train(data, str(path))
     check_keys(config_cls, data, str(path))
     return str(path), resolve_mapping_paths(config_cls, data, path.parent)
 

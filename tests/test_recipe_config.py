@@ -64,7 +64,7 @@ def ready_recipe(folder: Path) -> dict:
                "test": {"path": "data/test.json"}},
         "pool": {"source": {"pool": {"folder": "data/pool"}}, "get": "copy the photos"},
         "generator": {"source": {"generate": {"pipeline": "models/sd", "images_per_concept": 2}}},
-        "general": {"path": "data/general/general.json", "images": "data/general/images"},
+        "general": {"train": {"path": "data/general/general.json", "images": "data/general/images"}},
         "verify": {"geometric": {}},
         "arms": list(ARMS),
         "mixes": ["none", "general"],
@@ -99,7 +99,11 @@ def test_the_real_recipes_run_the_papers_study_on_sam3_and_a_gpu(name):
         assert "https://" in ref.get and "sam3-adapt convert" in ref.get
     assert recipe.pool is not None and recipe.pool.get and recipe.pool.source.pool is not None
     assert recipe.generator.source.generate.pipeline == "stabilityai/sd-turbo"  # a Hub id stays one
-    assert recipe.general is not None and "optional" in recipe.general.get and "mixes=[none]" in recipe.general.get
+    general = recipe.general  # the 1:1 mix, and 500 images held out of it: every run is scored on them
+    assert general.train is not None and "cocodataset.org" in general.train.get and general.held_out == 500
+    assert general.has_test and "--general=null" in general.train.get
+    assert recipe.verify.clip.model == "google/siglip-base-patch16-224"  # semantic verification by default
+    assert recipe.calibration is not None and recipe.calibration.hq_images > 0 and recipe.calibration.human is None
     teacher = recipe.teacher_config()
     assert (teacher.model, teacher.threshold, teacher.parent_prompt) == ("facebook/sam3", 0.5, "fallback")
     assert recipe.verify.geometric is not None and recipe.verify.teacher_confidence is not None
@@ -128,7 +132,8 @@ def test_check_names_each_missing_file_of_food_and_where_to_get_it(hub_offline):
     assert findings["pool.source.pool.folder"].fatal and "FoodSeg103" in findings["pool.source.pool.folder"].get
     assert "hf download facebook/sam3" in findings["base_model"].get and findings["base_model"].fatal
     assert findings["generator.source.generate.pipeline"].fatal
-    assert findings["general"].fatal and "cocodataset.org" in findings["general"].get
+    assert findings["general.train"].fatal and "cocodataset.org" in findings["general.train"].get
+    assert findings["verify.clip.model"].fatal  # offline here; listed among the downloads online
     message = check_message(recipe, list(findings.values()), "food")
     assert message.splitlines()[0] == f"recipe food: {len(findings)} missing:"
     assert all(f"  {f.line()}" in message.splitlines() for f in findings.values())
@@ -149,13 +154,17 @@ def test_overrides_point_a_builtin_recipe_at_your_files_and_hub_models_download_
     (data / "Images" / "img_dir" / "train").mkdir(parents=True)
     for split in ("train", "test"):
         (data / f"{split}.json").write_text(json.dumps(COCO))
+    (tmp_path / "coco" / "val2017").mkdir(parents=True)
+    (tmp_path / "coco" / "val.json").write_text(json.dumps(COCO))
     sets = [f"hq.train.path={data / 'train.json'}", f"hq.test.path={data / 'test.json'}",
-            f"pool.source.pool.folder={data / 'Images/img_dir/train'}", "mixes=[none]"]
+            f"pool.source.pool.folder={data / 'Images/img_dir/train'}", "mixes=[none]",
+            f"general.train.path={tmp_path / 'coco' / 'val.json'}", f"general.train.images={tmp_path / 'coco' / 'val2017'}"]
     assert main(["recipe", "check", "food", *[f"--{s}" for s in sets]]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("recipe food: ready; 2 model(s) will be downloaded")
+    assert out.startswith("recipe food: ready; 3 model(s) will be downloaded")
     assert "base_model: model facebook/sam3 is not in the local Hugging Face cache." in out
     assert "generator.source.generate.pipeline: model stabilityai/sd-turbo" in out
+    assert "verify.clip.model: model google/siglip-base-patch16-224" in out  # the semantic verifier
 
 
 def test_a_recipe_with_its_data_present_is_ready_and_a_preset_base_needs_no_download(hub_offline, tmp_path,
@@ -208,10 +217,10 @@ def test_hub_ids_with_dots_are_hub_models_and_paths_are_local_folders(hub_online
 def test_check_finds_a_missing_toy_ontology_file(hub_offline, tmp_path):
     folder = tmp_path / "study"
     data = ready_recipe(folder)
-    data["general"] = {"toy": {"num_images": 4}, "ontology": "general-ontology.yaml"}
+    data["general"] = {"train": {"toy": {"num_images": 4}, "ontology": "general-ontology.yaml"}}
     path = write_recipe(folder, data)
     assert [f.line() for f in check_recipe(load_recipe(path))] == [
-        f"general.ontology: {folder / 'general-ontology.yaml'} not found."]
+        f"general.train.ontology: {folder / 'general-ontology.yaml'} not found."]
     (folder / "general-ontology.yaml").write_text("concepts: [{name: circle}]\n")
     assert check_recipe(load_recipe(path)) == []
 
@@ -224,7 +233,7 @@ def _drop_pool(data: dict) -> None:
 
 BAD = {
     "unknown arm": ({"arms": ["zero-shot", "finetune"]}, ["arms: unknown arm(s) 'finetune'"]),
-    "general mix without general data": ({"mixes": ["none", "general"]}, ["mixes: 'general' needs a general section"]),
+    "general mix without general data": ({"mixes": ["none", "general"]}, ["mixes: 'general' needs general.train"]),
     "syn arm without a pool": (_drop_pool, ["arms: 'syn' needs a pool section"]),
     "wrong type": ({"train": {"steps": "many"}}, ["train.steps: expected an integer, got 'many'"]),
     "path and toy": ({"hq": {"train": {"path": "t.json", "toy": {"num_images": 2}}}},
