@@ -251,3 +251,22 @@ def test_ddp_two_cpu_processes_keep_identical_parameters(data, tmp_path):
     assert rank0["params"].keys() == rank1["params"].keys() and rank0["params"]
     for name, value in rank0["params"].items():
         assert torch.equal(value, rank1["params"][name]), name
+
+
+def test_a_wandb_run_starts_without_the_deprecated_anonymous_warning(tmp_path, monkeypatch, capfd):
+    """Lightning's WandbLogger passes anonymous=None, on which W&B warns in every run (and every recipe job)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from adapt.training.trainer import build_trainer
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="t")
+    build_trainer(logger=logger, accelerator="cpu", devices=1, max_steps=1, quiet=True)
+    import wandb
+
+    try:
+        assert logger.experiment is not None
+    finally:
+        wandb.finish()
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    assert "anonymous" not in capfd.readouterr().err

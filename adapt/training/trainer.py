@@ -58,6 +58,15 @@ def quiet_lightning() -> Iterator[None]:
         log.setLevel(level)
 
 
+def _quiet_wandb_loggers(logger: Any) -> None:
+    """Drop the `anonymous=None` Lightning's WandbLogger passes to `wandb.init`: W&B warns on every run that the
+    setting has no effect (a deprecation of theirs, not the user's doing)."""
+    for one in logger if isinstance(logger, (list, tuple)) else [logger]:
+        init = getattr(one, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous", False) is None:
+            del init["anonymous"]
+
+
 def build_trainer(*, spawn: bool = False, quiet: bool = False, progress: dict[str, Any] | None = None,
                   **kwargs: Any):
     """A `lightning.Trainer` with the project's defaults (`TRAINER_DEFAULTS`, overridden by `kwargs`), strategy
@@ -72,6 +81,7 @@ def build_trainer(*, spawn: bool = False, quiet: bool = False, progress: dict[st
         callbacks = list(settings.get("callbacks") or [])
         if not any(type(c).__name__.endswith("ProgressBar") for c in callbacks):
             settings["callbacks"] = [*callbacks, StageProgressBar(**(progress or {}))]
+    _quiet_wandb_loggers(settings.get("logger"))
     settings["strategy"] = select_strategy(settings.get("strategy"), settings.get("devices", "auto"),
                                            settings.get("accelerator", "auto"), settings.get("num_nodes", 1), spawn)
     if quiet:
