@@ -10,8 +10,8 @@ import pytest
 
 from recipes.config import load_recipe
 from recipes.data import Dataset
-from recipes.jobs import COLUMNS
-from recipes.results import group_rows, results_markdown
+from recipes.jobs import COLUMNS, GENERAL_TEST_SET, TEST_SET
+from recipes.results import REPORT_COLUMNS, group_rows, results_markdown
 from recipes.runner import RecipeRun
 
 TOY = {"size": 84, "objects": [1, 3], "min_object": 0.2, "max_object": 0.4}
@@ -21,7 +21,8 @@ REDUCED = {
     "hq": {"train": {"toy": {**TOY, "num_images": 16, "seed": 11}},
            "test": {"toy": {**TOY, "num_images": 12, "seed": 12}}},
     "pool": {"source": {"toy": {**TOY, "num_images": 12, "seed": 13}}},
-    "generator": {"source": {"toy": {**TOY, "num_images": 8, "seed": 15, "background": "checker"}}},
+    "general": {"test": {"toy": {**TOY, "num_images": 6, "seed": 16}}},
+    "generator": {"source": {"generate": {"num_images": 4, "steps": 10}}},  # the shipped diffusion model
     "arms": ["zero-shot", "pl", "syn", "hq", "syn+hq", "gen"],
     "mixes": ["none"],
     "sizes": [6],
@@ -48,21 +49,28 @@ def test_demo_runs_every_stage_and_writes_the_documented_results(demo_run):
     with open(out / "results.csv", newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert tuple(reader.fieldnames) == COLUMNS
+    assert tuple(reader.fieldnames) == (*COLUMNS, *REPORT_COLUMNS)
     assert list(COLUMNS[:7]) == ["arm", "train_images", "seed", "cgF1", "pmF1", "IL_MCC", "AP"]
     assert [r["arm"] for r in rows] == ["zero-shot", "pl", "syn", "hq", "syn+hq", "gen"]
     for row in rows:
         assert 0.0 <= float(row["pmF1"]) <= 1.0 and 0.0 <= float(row["AP"]) <= 1.0
         assert -1.0 <= float(row["IL_MCC"]) <= 1.0  # an MCC, so cgF1 = pmF1 x IL_MCC can be negative too
         assert float(row["cgF1"]) == pytest.approx(float(row["pmF1"]) * float(row["IL_MCC"]), abs=0.1)
+        assert 0.0 <= float(row["general_pmF1"]) <= 1.0  # every run, zero-shot too, scored on the general test
+        assert float(row["cgF1_low"]) <= float(row["cgF1"]) <= float(row["cgF1_high"])
+        assert float(row["general_cgF1_low"]) <= float(row["general_cgF1"]) <= float(row["general_cgF1_high"])
+        assert (out / "runs" / row["run"] / f"pairs-{TEST_SET}.npz").is_file()
+        assert (out / "runs" / row["run"] / f"pairs-{GENERAL_TEST_SET}.npz").is_file()
     trained = [r for r in rows if r["arm"] != "zero-shot"]
     assert all(int(r["steps"]) == 2 and 0 < int(r["train_images"]) <= 6 for r in trained)
     syn_hq = next(r for r in rows if r["arm"] == "syn+hq")
     assert int(syn_hq["train_images"]) == 6  # 3 SYN + 3 HQ images
 
     text = (out / "results.md").read_text()
-    assert "| arm | train images | seeds | cgF1 | gain over zero-shot |" in text and "scaling.png" in text
-    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ("| arm | train images | seeds | domain cgF1 | gain over zero-shot | general cgF1 | change on general |"
+            in text and "scaling.png" in text and "tradeoff.png" in text and "## Which differences are signal" in text)
+    for picture in ("scaling.png", "tradeoff.png"):
+        assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the data engine's datasets, with provenance, and the trained verifier in the chain
     for name in ("pl.json", "syn.json", "decisions.jsonl", "summary.json"):
         assert (out / "synth" / "pool" / name).is_file()
@@ -74,7 +82,7 @@ def test_demo_runs_every_stage_and_writes_the_documented_results(demo_run):
     assert len(list(out.glob("runs/*/wandb/offline-run-*"))) == len(rows)
     assert len(list((out / "wandb").glob("offline-run-*"))) == 1
     assert json.loads((out / "recipe.json").read_text())["recipe"]["name"] == "demo"
-    assert set(first.timings) == {"data", "verifier", "synth", "train", "report", "export"}
+    assert set(first.timings) == {"data", "verifier", "calibrate", "synth", "train", "report", "export"}
 
 
 def test_the_best_arm_is_exported_for_transformers(demo_run):
@@ -123,7 +131,7 @@ def test_results_markdown_reports_mean_spread_and_gain():
     [zero, hq] = group_rows(rows)
     assert hq.mean("cgF1") == pytest.approx(0.4) and hq.spread("cgF1") == pytest.approx(0.1414, abs=1e-4)
     text = results_markdown(rows, "t")
-    assert "| hq + general 1:1 | 50 | 2 | 0.400 ± 0.141 | +0.300 |" in text
+    assert "| hq + general 1:1 | 50 | 2 | 0.400 | +0.300 |" in text  # without pair tables: no interval
     assert "Best: **hq + general 1:1** with 50 images" in text
 
 
@@ -154,6 +162,8 @@ def test_each_run_writes_the_fit_config_that_retrains_it(demo_run, tmp_path):
     import csv
 
     (metrics,) = (tmp_path / "again").glob("version_*/metrics.csv")
-    last = [r for r in csv.DictReader(metrics.open()) if r.get("val/cgF1")][-1]
-    for column, key in (("cgF1", "val/cgF1"), ("pmF1", "val/pmF1"), ("IL_MCC", "val/IL_MCC"), ("AP", "val/AP_mask")):
+    last = [r for r in csv.DictReader(metrics.open()) if r.get(f"val/{TEST_SET}/cgF1")][-1]
+    for column in ("cgF1", "pmF1", "IL_MCC", "AP", "general_cgF1", "general_AP"):  # both validation sets
+        name, test_set = (column[8:], GENERAL_TEST_SET) if column.startswith("general_") else (column, TEST_SET)
+        key = f"val/{test_set}/{'AP_mask' if name == 'AP' else name}"
         assert float(last[key]) == pytest.approx(float(row[column]), abs=1e-3), column
