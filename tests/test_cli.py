@@ -12,6 +12,7 @@ from PIL import Image
 from transformers import Sam3Model
 
 from sam3_adapt.cli import main
+from adapt.overlay import overlay_scale
 from adapt.predicting import overlay_paths, parse_box
 from sam3_model.loading import load_model
 from sam3_model.predict import ConceptSegmenter
@@ -102,15 +103,19 @@ def test_predict_overlay_one_image(image_path, tmp_path):
                     "--overlay", str(overlay)) == 0
     assert sorted(p.name for p in overlay.parent.iterdir()) == ["over.png"]  # that path, no temp file left
     source = np.asarray(Image.open(image_path).convert("RGB")).astype(int)
+    assert source.shape == (60, 90, 3)
+    k = overlay_scale(90, 60)  # a small image is enlarged (nearest), the legend in a strip below it
     drawn = np.asarray(Image.open(overlay).convert("RGB")).astype(int)
-    assert drawn.shape == source.shape == (60, 90, 3)
+    assert k > 1 and drawn.shape[0] > 60 * k and drawn.shape[1] >= 90 * k
+    picture = drawn[: 60 * k, : 90 * k][::k, ::k]  # (60, 90, 3): the image part, one pixel per source pixel
     masks = np.any([decode_mask(e["segmentation"]) for e in json.loads(out.read_text())], axis=0)
-    assert masks.sum() > 0 and (drawn != source).any(-1)[masks].mean() > 0.9  # masks are blended in
+    assert masks.sum() > 0 and (picture != source).any(-1)[masks].mean() > 0.9  # masks are blended in
 
     assert _predict(image_path, out, "--prompt", "thing", "--threshold", "1", "--overlay", str(overlay)) == 0
     assert json.loads(out.read_text()) == []
     drawn = np.asarray(Image.open(overlay).convert("RGB")).astype(int)
-    assert np.array_equal(drawn[20:], source[20:])  # no instance: only the legend (top left) is drawn
+    assert np.array_equal(drawn[: 60 * k : k, : 90 * k : k], source)  # no instance: the image untouched...
+    assert drawn.shape[0] > 60 * k  # ...and the legend below it
 
 
 def test_predict_several_images(image_path, tmp_path, capsys):
@@ -126,7 +131,10 @@ def test_predict_several_images(image_path, tmp_path, capsys):
         (str(second), str(second), 1, "a"), (str(second), str(second), 2, "b")]
     assert entries[2]["segmentation"]["size"] == [40, 50]
     assert not overlay.exists()
-    assert Image.open(tmp_path / "over_0.png").size == (90, 60) and Image.open(tmp_path / "over_1.png").size == (50, 40)
+    for name, (w, h) in (("over_0.png", (90, 60)), ("over_1.png", (50, 40))):  # each image's own overlay
+        k = overlay_scale(w, h)
+        width, height = Image.open(tmp_path / name).size
+        assert width == w * k and height > h * k  # enlarged (small images), legend strip below
     assert len([line for line in capsys.readouterr().out.splitlines() if "instances=" in line]) == 4
 
 
