@@ -19,6 +19,7 @@ from sam3_model.predict import ConceptSegmenter
 from verifiers.compose import VerifierChain
 
 from .config import SynthConfig, TeacherConfig
+from .contact import read_decisions, write_contact_sheets
 from .labelling import PseudoLabeller
 from .merge import MergeSettings, merge_run
 from .ontology import Ontology
@@ -120,7 +121,7 @@ class SynthRun:
         return self._run(stage, StageOutput(self.run_dir, "label"))
 
     def merge(self) -> dict[str, Path]:
-        """Write the PL / SYN (/ EXACT) datasets, decisions and the summary."""
+        """Write the PL / SYN (/ EXACT) datasets, decisions, contact sheets and the summary."""
         self._require("verify")
         teacher = "exact" if self.config.labels == "exact" else self.config.teacher.model
         info = {"generator": "sam3-adapt synth", "teacher": teacher, "ontology": self.ontology.to_json(),
@@ -131,7 +132,11 @@ class SynthRun:
                                  verify.hard_negatives if self.config.labels == "teacher" else "all",
                                  verify.adversarial_iou)
         written = merge_run(records, self.run_dir, self.ontology, settings, info)
-        written["summary"] = write_summary(summarize(records, self.ontology, settings), self.run_dir.root)
+        contact = write_contact_sheets(records, read_decisions(written["decisions"]), self.run_dir.root,
+                                       self.ontology.phrases())
+        written["contact"] = self.run_dir.root / contact["index"]
+        summary = {**summarize(records, self.ontology, settings), "contact": contact}
+        written["summary"] = write_summary(summary, self.run_dir.root)
         return written
 
     def run(self) -> dict[str, Path]:

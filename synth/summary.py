@@ -121,4 +121,10 @@ def write_summary(summary: dict[str, Any], out_dir: Path) -> Path:
     if ver["unparsed_examples"]:
         parts += ["Verifier answers that matched no option (first few):", "",
                   *[f"- {e}" for e in ver["unparsed_examples"]], ""]
+    if summary.get("contact"):
+        contact = summary["contact"]
+        parts += ["## Contact sheets", "",
+                  f"[{contact['index']}]({contact['index']}): per phrase, crops of the accepted and rejected "
+                  "instances, each captioned with the verifier and reason that decided it.", "",
+                  *[f"- [{p}]({path})" for p, path in contact["sheets"].items()], ""]
     return atomic_write_text(out_dir / "summary.md", "\n".join(parts))
