@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from adapt.overlay import overlay_scale
 from adapt.training.callbacks import (
     DataWaitMonitor,
     GpuMemoryMonitor,
@@ -67,15 +69,24 @@ def collate(items: list[torch.Tensor]) -> FakeBatch:
     return FakeBatch(torch.stack(items))
 
 
-def panel_entry(k: int) -> tuple[Image.Image, list[ConceptResult]]:
-    """A grey image with one square instance (shifted by k pixels, so every entry's picture differs)."""
-    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
-    mask[8 + k:24 + k, 8:24] = 1
-    result = ConceptResult(image_id=k, prompt=ConceptPrompt(text="square"), presence=0.9,
-                           instances=[Instance(mask=encode_mask(mask), box_xyxy_px=(8, 8 + k, 23, 23 + k),
-                                               score=0.9)],
-                           image_size=(SIZE, SIZE))
-    return Image.new("RGB", (SIZE, SIZE), (128, 128, 128)), [result]
+def square(phrase: str, top: int, left: int, side: int, size: int = SIZE, score: float = 1.0,
+           image_id: int = 0) -> ConceptResult:
+    """One phrase with one square instance (mask and box)."""
+    mask = np.zeros((size, size), dtype=np.uint8)
+    mask[top:top + side, left:left + side] = 1
+    inst = Instance(mask=encode_mask(mask), box_xyxy_px=(left, top, left + side - 1, top + side - 1), score=score)
+    return ConceptResult(image_id=image_id, prompt=ConceptPrompt(text=phrase), presence=score, instances=[inst],
+                         image_size=(size, size))
+
+
+def panel_entry(k: int, truth: bool = True) -> tuple:
+    """A grey image with one predicted square (shifted by k pixels, so every entry's picture differs) and, with
+    `truth`, one annotated square."""
+    predicted = square("square", 8 + k, 8, 16, score=0.9, image_id=k)
+    image = Image.new("RGB", (SIZE, SIZE), (128, 128, 128))
+    if not truth:
+        return image, [predicted]
+    return image, [predicted], [square("square", 6, 6, 16, image_id=k)]
 
 
 class Dummy(pl.LightningModule):
@@ -214,14 +225,17 @@ def test_validation_panel_writes_pngs_with_csv_logger(tmp_path):
     assert panel.saved == files
     with Image.open(files[0]) as image:
         pixels = np.asarray(image.convert("RGB"))
-    assert pixels.shape == (SIZE, SIZE, 3)
-    assert not np.array_equal(pixels[16, 16], [128, 128, 128])  # the mask is drawn over the grey image
-    assert np.array_equal(pixels[30, 2], [128, 128, 128])  # outside the mask, box and legend
+    k = overlay_scale(SIZE, SIZE)  # a small image is enlarged, its legend in a strip below it
+    assert k > 1 and pixels.shape[0] > SIZE * k and pixels.shape[1] == SIZE * k
+    assert not np.array_equal(pixels[16 * k, 16 * k], [128, 128, 128])  # the mask is drawn over the grey image
+    assert np.array_equal(pixels[30 * k, 2 * k], [128, 128, 128])  # outside the mask, box, score and legend
 
 
 def test_validation_panel_wandb_offline(tmp_path, monkeypatch):
+    """The panel is W&B images with toggleable prediction and ground-truth layers, phrases as class labels."""
     wandb = pytest.importorskip("wandb")
     from lightning.pytorch.loggers import WandbLogger
+    from wandb_records import read_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -235,23 +249,70 @@ def test_validation_panel_wandb_offline(tmp_path, monkeypatch):
         wandb.finish()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    images = sorted((runs[0] / "files" / "media" / "images").rglob("*.png"))
-    assert len(images) == 2 and all("predictions" in p.name for p in images)
     assert panel.saved == [] and not list(tmp_path.rglob("panels"))
+    run = read_run(runs[0])
+    (row,) = [r for r in run.history if "val/predictions._type" in r]
+    assert row["val/predictions.count"] == 2 and row["trainer/global_step"] == 2
+    assert row["val/predictions.width"] >= 256 and row["val/predictions.height"] >= 256  # 32 px upscaled x8
+    masks = row["val/predictions.all_masks"]
+    assert len(masks) == 2 and all(set(m) == {"predictions", "ground_truth"} for m in masks)
+    boxes = row["val/predictions.all_boxes"]
+    assert all(set(b) == {"predictions", "ground_truth"} for b in boxes)
+    assert row["val/predictions.captions"][0] == "image 0 (predicted/annotated): square 1/1"
+    labels = run.config["_wandb"]["mask/class_labels"]  # W&B keeps class labels in the run's config
+    for layer in ("predictions", "ground_truth"):
+        assert labels[f"val/predictions_wandb_delimeter_{layer}"]["value"] == {"1": "square"}
+    files = runs[0] / "files"
+    (image_file,) = {files / f for f in row["val/predictions.filenames"][:1]}
+    with Image.open(image_file) as image:
+        assert min(image.size) >= 256
+    with Image.open(files / masks[0]["predictions"]["path"]) as mask:
+        class_map = np.asarray(mask)
+    assert class_map.shape == (256, 256) and set(np.unique(class_map)) == {0, 1}
+    assert class_map[8 * 8, 8 * 8] == 1 and class_map[8 * 8 - 1, 8 * 8] == 0  # the square, upscaled x8 (nearest)
+    predicted_boxes = json.loads((files / boxes[0]["predictions"]["path"]).read_text())
+    (box,) = predicted_boxes["box_data"]
+    assert box["scores"] == {"score": pytest.approx(0.9)} and box["box_caption"] == "square 0.90"
+    assert box["position"] == {"minX": 64.0, "minY": 64.0, "maxX": 184.0, "maxY": 184.0}
+
+
+def test_panel_media_overlaps_upscaling_padding_and_no_truth():
+    from adapt.training.panel_media import panel_media
+
+    low = square("cat", 0, 0, 20, score=0.4)
+    high = square("dog", 10, 10, 20, score=0.8)
+    big_truth, small_truth = square("cat", 0, 0, 30), square("dog", 5, 5, 4)
+    wide = Image.new("RGB", (64, 16), (9, 9, 9))  # short side 16: x16 -> 1024 x 256
+    first, second = panel_media([(Image.new("RGB", (SIZE, SIZE)), [low, high], [small_truth, big_truth]),
+                                 (wide, [], None)], min_side=256)
+    assert first.image.size == second.image.size == (1024, 256)  # one size for the whole panel: padded
+    assert first.masks["predictions"]["class_labels"] == {1: "cat", 2: "dog"}
+    assert first.masks["ground_truth"]["class_labels"] == {1: "cat", 2: "dog"}  # one id per phrase in both layers
+    pred = first.masks["predictions"]["mask_data"]  # (256, 1024); the 32 px image upscaled x8
+    assert pred.shape == (256, 1024) and pred.dtype == np.uint8
+    assert pred[15 * 8, 15 * 8] == 2  # overlap of cat (0.4) and dog (0.8): the highest score wins
+    assert pred[5 * 8, 5 * 8] == 1 and pred[31 * 8, 31 * 8] == 0 and not pred[:, 256:].any()
+    truth = first.masks["ground_truth"]["mask_data"]
+    assert truth[6 * 8, 6 * 8] == 2 and truth[20 * 8, 20 * 8] == 1  # the small instance inside the big one shows
+    assert [b["class_id"] for b in first.boxes["predictions"]["box_data"]] == [1, 2]
+    assert "scores" not in first.boxes["ground_truth"]["box_data"][0]
+    assert set(second.masks) == {"predictions"} and not second.masks["predictions"]["class_labels"]
+    assert second.caption == "image ?: no instances"
+    assert np.asarray(second.image)[255, 1023].tolist() == [9, 9, 9]  # 64 x 16 upscaled x16 fills the canvas
 
 
 def test_validation_panel_rank_and_missing_panel(tmp_path):
     panel = ValidationPanel(max_images=4)
     trainer = SimpleNamespace(sanity_checking=False, loggers=[], log_dir=str(tmp_path), default_root_dir=tmp_path,
                               is_global_zero=False, global_step=5)
-    module = SimpleNamespace(validation_panel=[panel_entry(0)])
+    module = SimpleNamespace(validation_panel=[panel_entry(0, truth=False)])
     panel.on_validation_epoch_end(trainer, module)  # rank 1: nothing drawn, the panel is emptied
     assert module.validation_panel == [] and not (tmp_path / "panels").exists()
     trainer.is_global_zero = True
     panel.on_validation_epoch_end(trainer, SimpleNamespace())  # no panel attribute: a no-op
     panel.on_validation_epoch_end(trainer, SimpleNamespace(validation_panel=[]))
     assert not (tmp_path / "panels").exists()
-    panel.on_validation_epoch_end(trainer, SimpleNamespace(validation_panel=[panel_entry(0)]))
+    panel.on_validation_epoch_end(trainer, SimpleNamespace(validation_panel=[panel_entry(0, truth=False)]))
     assert [p.name for p in (tmp_path / "panels").iterdir()] == ["step0000005_0.png"]
 
 
@@ -262,5 +323,7 @@ def test_invalid_arguments():
         GpuMemoryMonitor(every_n_steps=0)
     with pytest.raises(ConfigError):
         ValidationPanel(max_images=0)
+    with pytest.raises(ConfigError):
+        ValidationPanel(min_side=0)
     with pytest.raises(ConfigError):
         images_per_sec_monitor(window_size=1)

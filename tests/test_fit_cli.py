@@ -210,27 +210,54 @@ def test_bad_input_stops_before_training_or_is_skipped_and_counted(data, tmp_pat
     assert skipped == [4.0]
 
 
-def test_wandb_offline_run_has_the_logged_keys_and_no_api_key(data, tmp_path, monkeypatch):
+def test_wandb_offline_run_has_the_logged_keys_config_panel_and_best_checkpoint_and_no_api_key(data, tmp_path,
+                                                                                               monkeypatch):
+    from wandb_records import read_run
+
     secret = "0123456789abcdef0123456789abcdef01234567"
     monkeypatch.setenv("WANDB_API_KEY", secret)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    config = _config(tmp_path, *data, **{"trainer.logger": {
-        "class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "t", "offline": True}}})
-    assert main(["fit", "--config", str(config), "--trainer.max_steps=2", "--trainer.val_check_interval=2"]) == 0
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # where W&B stages artifact files
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    config = _config(tmp_path, *data, **{"trainer.logger": {  # the default logger of `fit`, offline
+        "class_path": "adapt.training.loggers.Sam3WandbLogger", "init_args": {"project": "t", "offline": True}}})
+    assert main(["fit", "--config", str(config), "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+                 "--trainer.logger.init_args.log_model=true"]) == 0
     import wandb
 
     wandb.finish()  # what the end of the process does: flush the offline run (then `wandb sync` uploads it)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert all(secret.encode() not in p.read_bytes() for p in files)
-    (record_file,) = runs[0].glob("run-*.wandb")  # the offline run's records: metric names are stored verbatim
-    records = record_file.read_bytes()
+    run = read_run(runs[0])
+    keys = {k for row in run.history for k in row}
     for key in ("train/loss", "train/o2o/loss_ce/layer0", "val/cgF1", "val/AP_box", "perf/data_wait_fraction",
-                "lr-AdamW/rest", "val/predictions"):
-        assert key.encode() in records, key
-    assert list(runs[0].glob("files/media/images/val/predictions_*.png"))  # the panel of predicted masks
+                "lr-AdamW/rest", "val/predictions._type"):
+        assert key in keys, key
+
+    # the whole resolved config, nested as in --print_config: model, data, trainer, checkpoints, seed
+    assert run.config["model"]["model"] == "tiny" and run.config["model"]["trainable"]["lora"]["r"] == 4
+    assert run.config["data"]["batch_size"] == 2 and run.config["data"]["val"][0]["path"] == str(data[1])
+    assert run.config["trainer"]["max_steps"] == 2 and run.config["trainer"]["gradient_clip_val"] == 0.1
+    assert run.config["checkpoint"]["monitor"] == "val/cgF1" and run.config["seed_everything"] == 0
+
+    # the validation panel: prediction and ground-truth mask layers, phrases as class labels, upscaled
+    (row,) = [r for r in run.history if "val/predictions._type" in r]
+    assert min(row["val/predictions.width"], row["val/predictions.height"]) >= 256
+    assert all(set(m) == {"predictions", "ground_truth"} for m in row["val/predictions.all_masks"])
+    labels = run.config["_wandb"]["mask/class_labels"]
+    truth_labels = labels["val/predictions_wandb_delimeter_ground_truth"]["value"]
+    assert truth_labels and set(truth_labels.values()) <= {"red square", "blue disc", "green bar"}
+    assert list(runs[0].glob("files/media/images/val/predictions_*.png"))
+
+    # log_model: the best checkpoint (by val/cgF1), not last.ckpt, recorded as a model artifact
+    (artifact,) = run.artifacts
+    assert artifact.type == "model" and artifact.name == f"model-{runs[0].name.rsplit('-', 1)[1]}"
+    assert "best" in artifact.aliases
+    assert json.loads(artifact.metadata)["original_filename"].startswith("best-step")
+    assert [entry.path for entry in artifact.manifest.contents] == ["model.ckpt"]
 
 
 def test_ddp_two_cpu_processes_keep_identical_parameters(data, tmp_path):

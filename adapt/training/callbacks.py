@@ -20,10 +20,9 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from adapt.overlay import render_overlay
+from adapt.training.panel_media import panel_media
 from sam3_model.atomic import atomic_write
 from sam3_model.errors import ConfigError
-from sam3_model.prompting import prompt_text
-from sam3_model.records import ConceptResult
 
 GIB = 2**30
 
@@ -132,32 +131,32 @@ class GpuMemoryMonitor(Callback):
                       on_epoch=False, batch_size=1)
 
 
-def _caption(results: list[ConceptResult]) -> str:
-    image_id = results[0].image_id if results else "?"
-    phrases = ", ".join(f"{prompt_text(r.prompt)} ({len(r.instances)})" for r in results)
-    return f"image {image_id}: {phrases}"
-
-
 def _save_png_atomic(image: Image.Image, path: Path) -> None:
     atomic_write(path, lambda handle: image.save(handle, format="PNG"))
 
 
 class ValidationPanel(Callback):
-    """Draw the module's `validation_panel` predictions at each validation end: to W&B, else as PNG files.
+    """Show the module's `validation_panel` at each validation end: W&B mask overlays, else PNG files.
 
-    The module fills `pl_module.validation_panel`, a list of `(PIL image, [ConceptResult, ...])`, during
-    validation; the first `max_images` entries are drawn with `render_overlay`. With a `WandbLogger` they are
-    logged as `val/predictions`; otherwise written (atomically) to
+    The module fills `pl_module.validation_panel` during validation with `(PIL image, predictions)` or
+    `(PIL image, predictions, ground truth)` entries, each a list of `ConceptResult`; the first `max_images` are
+    shown. With a `WandbLogger` they are logged as `val/predictions`: W&B images with `predictions` and
+    `ground_truth` mask and box layers one can toggle, class labels the phrases, box captions the scores (see
+    `adapt.training.panel_media`), small images upscaled to `min_side` px on the short side. Otherwise the
+    predictions are drawn with `render_overlay` and written (atomically) to
     `{trainer.log_dir or default_root_dir}/panels/step{global_step:07d}_{k}.png`. Global rank 0 draws; every rank
     then empties the list. Sanity-check validation is skipped.
     """
 
-    def __init__(self, max_images: int = 8, key: str = "val/predictions") -> None:
+    def __init__(self, max_images: int = 8, key: str = "val/predictions", min_side: int = 256) -> None:
         super().__init__()
         if max_images < 1:
             raise ConfigError(f"ValidationPanel max_images={max_images} must be >= 1")
+        if min_side < 1:
+            raise ConfigError(f"ValidationPanel min_side={min_side} must be >= 1")
         self.max_images = max_images
         self.key = key
+        self.min_side = min_side
         self.saved: list[Path] = []  # PNG files written so far
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -173,11 +172,13 @@ class ValidationPanel(Callback):
             panel.clear()
         if not trainer.is_global_zero or not entries:
             return
-        images = [render_overlay(image, results) for image, results in entries]
-        captions = [_caption(list(results)) for _, results in entries]
+        entries = [(entry[0], entry[1], entry[2] if len(entry) > 2 else None) for entry in entries]
         if wandb is not None:
-            wandb.log_image(key=self.key, images=images, caption=captions, step=trainer.global_step)
+            media = panel_media(entries, min_side=self.min_side)
+            wandb.log_image(key=self.key, images=[m.image for m in media], caption=[m.caption for m in media],
+                            masks=[m.masks for m in media], boxes=[m.boxes for m in media], step=trainer.global_step)
             return
+        images = [render_overlay(image, predictions) for image, predictions, _ in entries]
         for k, image in enumerate(images):
             path = root / "panels" / f"step{trainer.global_step:07d}_{k}.png"
             _save_png_atomic(image, path)

@@ -3,9 +3,10 @@
 Lightning conventions hold: `--print_config`, dotted overrides (`--trainer.devices=8`,
 `--model.trainable.mode=full`), `--ckpt_path last` to resume. Defaults a practitioner expects are set here:
 bf16-mixed, gradient clipping 0.1 (official), W&B in offline mode (no account or network; `wandb sync` uploads
-later), checkpoints always saved (last, and best by validation cgF1) under `<default_root_dir>/checkpoints`,
-and DDP with `find_unused_parameters` whenever more than one device or node is used (SAM 3 always has unused
-parameters, e.g. the geometry encoder on text-only prompts).
+later) with the whole resolved config as the run's config and, with `--trainer.logger.init_args.log_model=true`,
+the best checkpoint as an artifact; checkpoints always saved (last, and best by validation cgF1) under
+`<default_root_dir>/checkpoints`, and DDP with `find_unused_parameters` whenever more than one device or node is
+used (SAM 3 always has unused parameters, e.g. the geometry encoder on text-only prompts).
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ import re
 import sys
 from typing import Any
 
-
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from adapt.data.datamodule import Sam3DataModule
 from adapt.training.checkpoints import remove_leftover_temporaries
 from adapt.training.module import Sam3FineTuner
-from adapt.training.trainer import TRAINER_DEFAULTS, select_strategy
+from adapt.training.trainer import TRAINER_DEFAULTS, _quiet_wandb_loggers, select_strategy
 from sam3_model.configs import read_config_file
 from sam3_model.errors import ConfigError
 from sam3_model.notices import notice
@@ -36,8 +37,11 @@ SUBCOMMANDS = ("fit", "validate", "test")
 CLI_DEFAULTS: dict[str, Any] = {  # the shared TRAINER_DEFAULTS, plus what only `fit` needs
     **TRAINER_DEFAULTS,
     "default_root_dir": "runs/fit",  # DEFAULT_ROOT: a fresh runs/fit-N per run, see Sam3CLI
-    "logger": {"class_path": "lightning.pytorch.loggers.WandbLogger",
+    "logger": {"class_path": "adapt.training.loggers.Sam3WandbLogger",
                "init_args": {"project": "sam3-adapt", "offline": True}},
+    # The logged hyper-parameters are the whole resolved config (LoggedConfig), of which the module's are a part;
+    # Lightning's own logging of the module's would then replace the `model` section with the model's name.
+    "enable_autolog_hparams": False,
     "plugins": [{"class_path": "adapt.training.checkpoints.AtomicCheckpointIO"}],
 }
 
@@ -60,6 +64,17 @@ def run_folder(base: str, resume: bool = False) -> str:
 def checkpoint_dir(default_root_dir: str | None) -> str:
     """Where checkpoints go: one fixed folder per run directory, so `--ckpt_path last` finds them again."""
     return os.path.join(default_root_dir or ".", "checkpoints")
+
+
+class LoggedConfig(SaveConfigCallback):
+    """Lightning's `config.yaml` in the log folder, and the same resolved config (model, data, trainer,
+    checkpoints, seed; every default included) as nested hyper-parameters of every logger: the W&B run's config."""
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Log the resolved config (rank 0 only, as Lightning calls it)."""
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams(config)
 
 
 class Sam3CLI(LightningCLI):
@@ -117,6 +132,7 @@ class Sam3CLI(LightningCLI):
             from adapt.training.progress import StageProgressBar
 
             callbacks = [*callbacks, StageProgressBar()]
+        _quiet_wandb_loggers(config.get("logger"))  # no W&B warning about Lightning's anonymous=None
         return super()._instantiate_trainer(config, callbacks)
 
     def before_instantiate_classes(self) -> None:
@@ -163,7 +179,7 @@ def run_lightning_cli(args: list[str]) -> None:
     try:
         cli = Sam3CLI(
             Sam3FineTuner, Sam3DataModule, args=None if args == sys.argv[1:] else args, seed_everything_default=0,
-            trainer_defaults=CLI_DEFAULTS, save_config_kwargs={"overwrite": True},
+            trainer_defaults=CLI_DEFAULTS, save_config_callback=LoggedConfig, save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "sam3-adapt", "exit_on_error": False,
                            **{verb: {"exit_on_error": False} for verb in SUBCOMMANDS}}, run=True,
         )

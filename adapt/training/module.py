@@ -26,7 +26,7 @@ from adapt.training.optim import OptimizerConfig, build_optimizer
 from adapt.training.random_state import RandomStateCheckpoint
 from adapt.training.schedules import ScheduleConfig, build_scheduler
 from adapt.training.validation import QueryPrediction, ValidationMetrics, compute_metrics, gather_predictions, \
-    panel_results, query_predictions
+    panel_results, panel_truth, query_predictions
 from adapt.settings import MODES, TrainableConfig, ValidationConfig
 from sam3_model.adapters import COMPONENTS, LoraSettings, prepare_for_training
 from sam3_model.dac import enable_dac
@@ -240,7 +240,7 @@ class Sam3FineTuner(L.LightningModule):
         self._add_to_panel(batch, dataloader_idx)
 
     def _add_to_panel(self, batch: PhraseBatch, dataloader_idx: int) -> None:
-        """Keep the first validation images with their predictions for the ValidationPanel callback."""
+        """Keep the first validation images with their predictions and annotations for the ValidationPanel."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "val_image"):
             return
@@ -249,7 +249,9 @@ class Sam3FineTuner(L.LightningModule):
                 return
             queries = [q for q in self._val_predictions if q.key[:2] == (dataloader_idx, meta.index)]
             image = datamodule.val_image(dataloader_idx, meta.index)
-            self.validation_panel.append((image, panel_results(queries, self.validation_config.score_threshold)))
+            truth = panel_truth(datamodule.val_samples()[dataloader_idx][meta.index])
+            self.validation_panel.append((image, panel_results(queries, self.validation_config.score_threshold),
+                                          truth))
 
     def on_validation_epoch_end(self) -> None:
         """cgF1, pmF1, IL_MCC and COCO AP over the whole validation set (gathered across ranks)."""

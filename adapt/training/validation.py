@@ -205,3 +205,15 @@ def panel_results(queries: Sequence[QueryPrediction], score_threshold: float) ->
         results.append(ConceptResult(image_id=q.key[1], prompt=ConceptPrompt(text=q.key[2]), presence=q.presence,
                                      instances=instances, image_size=(0, 0)))
     return results
+
+
+def panel_truth(sample: ImageSample) -> list[ConceptResult]:
+    """The annotated instances of one image as `ConceptResult`s (those with masks), for the validation panel."""
+    results = []
+    for phrase in sample.phrases:
+        boxes_xywh_px = phrase.boxes_xywh_px.tolist()
+        instances = [Instance(mask=m, box_xyxy_px=(x, y, x + w, y + h))
+                     for m, (x, y, w, h) in zip(phrase.masks or [], boxes_xywh_px)]
+        results.append(ConceptResult(image_id=sample.image_id, prompt=ConceptPrompt(text=phrase.phrase), presence=1.0,
+                                     instances=instances, image_size=(sample.height, sample.width)))
+    return results
