@@ -1,10 +1,12 @@
-"""`sam3-adapt convert KIND`: other label formats and public datasets' layouts -> a COCO instance file.
+"""`sam3-adapt convert KIND`: other label formats and public datasets' layouts -> a COCO instance file, and
+Label Studio both ways (`labelstudio-tasks` out, `labelstudio` back).
 
 Each function converts, then prints one line: what was written, and how many images were skipped.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -126,3 +128,69 @@ def uecfoodpix(root: Path, out: Path, split: Literal["train", "test"] = "train",
     from .convert_domains import convert_uecfoodpix
 
     print(summary(convert_uecfoodpix(root, out, split=split, min_area=min_area, on_error=on_error), out))
+
+
+def labelstudio_tasks(dataset: Path, out: Path, label_config: Path | None = None, images: Path | None = None,
+                      format: Literal["auto", "coco", "saco"] = "auto", local_files_root: Path | None = None,
+                      image_prefix: str | None = None, predictions: Path | None = None, min_score: float = 0.0,
+                      as_annotations: bool = False, model_version: str | None = None, rectangles: bool = True,
+                      polygons: bool = False, on_error: OnError = "stop") -> None:  # fmt: skip
+    """A COCO or SA-Co dataset (or predictions on it) -> Label Studio tasks with pre-annotations, and the
+    labelling config to paste into the project.
+
+    Args:
+        dataset: COCO or SA-Co JSON (pl.json, syn.json, an HQ file, a training set).
+        out: Label Studio tasks JSON to write (Import it in the project).
+        label_config: labelling config XML to write (default: out with .xml).
+        images: folder the dataset's file_names are relative to (default: the dataset's folder).
+        format: dataset format (auto: SA-Co when images carry text_input).
+        local_files_root: Label Studio's LOCAL_FILES_DOCUMENT_ROOT: images become /data/local-files/?d=<path
+            below it> (needs LOCAL_FILES_SERVING_ENABLED=true and a Local files storage).
+        image_prefix: else, prepended to each (URL-quoted) file_name, e.g. https://host/images/; neither: the
+            file_name as given.
+        predictions: COCO results on the dataset's images (`predict --gt`): pre-annotate these, with their
+            scores, instead of the dataset's instances.
+        min_score: leave out predictions scored below this.
+        as_annotations: write the regions as annotations (to review) rather than predictions.
+        model_version: the predictions' model_version (default: the predictions' or dataset's file stem).
+        rectangles: add RectangleLabels to the labelling config (always when there are box-only instances).
+        polygons: add PolygonLabels to the labelling config.
+        on_error: stop at bad dataset entries, or skip their images (counted).
+    """
+    from .labelstudio_export import export_tasks
+
+    stats = export_tasks(dataset, out, label_config, images, format, local_files_root, image_prefix, predictions,
+                         min_score, as_annotations, model_version, rectangles, polygons, on_error)
+    line = (f"wrote {out}: {stats.tasks} tasks, {stats.regions} regions, {len(stats.phrases)} phrases; labelling "
+            f"config {stats.label_config}")
+    if stats.skipped:
+        line += f"; skipped {stats.skipped} images with problems (first: {stats.problems[0]})"
+    if stats.below_score or stats.unmatched:
+        line += f"; left out {stats.below_score} predictions below min_score, {stats.unmatched} on no task"
+    for note in stats.notes:
+        print(note, file=sys.stderr)
+    print(line)
+
+
+def labelstudio(export: Path, out: Path, to: Literal["auto", "coco", "saco"] = "auto",
+                on_error: OnError = "stop") -> None:  # fmt: skip
+    """Label Studio's JSON export (brush, rectangle and polygon labels) -> a COCO or SA-Co file.
+
+    Args:
+        export: the project's export (Export > JSON): a list of tasks with their annotations.
+        out: COCO or SA-Co JSON to write; file_names are kept, so write it where the exported dataset was.
+        to: output format (auto: the format the tasks were exported from, else COCO).
+        on_error: stop at a bad task, or skip it (counted).
+    """
+    from .labelstudio_import import import_labelstudio
+
+    stats = import_labelstudio(export, out, to, on_error)
+    line = f"wrote {out} ({stats.format}): {stats.images} images, {stats.instances} instances from {stats.tasks} tasks"
+    passed = [f"{n} {why}" for why, n in stats.skipped.items()]
+    if stats.problems:
+        passed.append(f"{len(stats.problems)} with problems (first: {stats.problems[0]})")
+    if passed:
+        line += f"; skipped tasks: {', '.join(passed)}"
+    if stats.ignored:
+        line += f"; passed over: {', '.join(f'{n} {why}' for why, n in stats.ignored.items())}"
+    print(line)
