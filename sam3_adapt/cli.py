@@ -45,6 +45,9 @@ VERBS: dict[str, Verb | dict[str, Verb]] = {
         "mvtec": Verb("adapt.data.convert_verbs:mvtec", "MVTec AD: a phrase per defect type, good = negatives"),
         "foodseg103": Verb("adapt.data.convert_verbs:foodseg103", "FoodSeg103 -> COCO instances"),
         "uecfoodpix": Verb("adapt.data.convert_verbs:uecfoodpix", "UECFoodPix Complete -> COCO instances"),
+        "labelstudio-tasks": Verb("adapt.data.convert_verbs:labelstudio_tasks",
+                                  "COCO/SA-Co (or predictions) -> Label Studio tasks + labelling config"),
+        "labelstudio": Verb("adapt.data.convert_verbs:labelstudio", "Label Studio JSON export -> COCO or SA-Co"),
     },
     "synth": {
         "run": Verb("synth.verbs:run", "all stages, resuming finished shards", _SYNTH, "config"),
@@ -56,6 +59,8 @@ VERBS: dict[str, Verb | dict[str, Verb]] = {
         "calibrate": Verb("synth.verbs:calibrate", "measure the verifiers against human labels, pick thresholds",
                           _SYNTH, "config"),
     },
+    "review": Verb("synth.review.server:review", "verify masks in the browser (MV, EV, add missed ones) -> a "
+                   "calibration sample and an HQ file"),
     "overfit": Verb("adapt.overfitting:overfit", "sanity check: fit one synthetic pair with the official objective"),
     "info": Verb("sam3_model.info:describe", "parameter counts per component and LoRA preset"),
 }
@@ -128,11 +133,12 @@ def overview(group: str | None = None) -> str:
     prog = f"sam3-adapt {group}" if group else "sam3-adapt"
     lines = [f"usage: {prog} VERB [--config FILE.yaml] [--print_config] [--key=value ...]", "",
              (__doc__ or "").splitlines()[0] if not group else f"{group} verbs:", ""]
+    width = max(14, max(len(verb) for verb in entries) + 2)
     for verb, entry in entries.items():
         if isinstance(entry, dict):
-            lines.append(f"  {verb:<14}{' | '.join(entry)}")
+            lines.append(f"  {verb:<{width}}{' | '.join(entry)}")
         else:
-            lines.append(f"  {verb:<14}{entry.help}")
+            lines.append(f"  {verb:<{width}}{entry.help}")
     lines += ["", f"`{prog} VERB --help` shows a verb's keys; every verb takes --config, --print_config and "
               "dotted overrides."]
     return "\n".join(lines)
