@@ -255,6 +255,13 @@ def scaling_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], t
         ax.set_xscale("log")
     ax.set_xlabel("domain training images")
     ax.set_ylabel("cgF1 (held-out HQ test)")
+    _finish(fig, ax, title, path)
+
+
+def _finish(fig: Any, ax: Any, title: str, path: str | os.PathLike[str]) -> None:
+    """Title, grid and legend; the PNG written atomically; the figure closed."""
+    import matplotlib.pyplot as plt
+
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -288,11 +295,4 @@ def tradeoff_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], 
         ax.axvline(float(zero["cgF1"]), color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("domain cgF1 (held-out HQ test)")
     ax.set_ylabel("general cgF1 (held-out general test)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write(Path(path), lambda f: f.write(buffer.getvalue()))
+    _finish(fig, ax, title, path)
