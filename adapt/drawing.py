@@ -93,11 +93,17 @@ def wrap(text: str, font: Font, width_px: int, max_lines: int = 3) -> list[str]:
             word = word[cut:]
         lines.append(word)
     if len(lines) > max_lines:
-        last = lines[max_lines - 1]
-        while last and text_size(last + "…", font)[0] > width_px:
-            last = last[:-1]
-        lines = [*lines[: max_lines - 1], last + "…"]
+        lines = [*lines[: max_lines - 1], ellipsize(lines[max_lines - 1], font, width_px, always=True)]
     return lines
+
+
+def ellipsize(text: str, font: Font, width_px: int, always: bool = False) -> str:
+    """`text` when it fits `width_px` (unless `always`: text follows), else cut and ended with '…' to fit."""
+    if not always and text_size(text, font)[0] <= width_px:
+        return text
+    while text and text_size(text + "…", font)[0] > width_px:
+        text = text[:-1]
+    return text + "…"
 
 
 _MEASURE = ImageDraw.Draw(Image.new("RGB", (1, 1)))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt.data.readers import read_dataset
+from adapt.training.trainer import on_gpu
 from sam3_model.atomic import atomic_write_text
 from sam3_model.errors import ConfigError
 from sam3_model.images import load_image
@@ -59,9 +60,9 @@ def calibrate_thresholds(verify: VerifyConfig, sample: HumanSample, target_preci
     """{verify field: threshold} for every configured verifier with a threshold the sample could calibrate."""
     fields, mask, exhaustivity = {}, [], []
     for name, config in verify.configured():
-        verifier = config.build()
-        if not hasattr(config, "threshold"):
+        if not hasattr(config, "threshold"):  # nothing to calibrate: not built (it may load a model)
             continue
+        verifier = config.build()
         fields[verifier.name] = name
         mask += [verifier] if "mask" in config.roles else []
         exhaustivity += [verifier] if "exhaustivity" in config.roles else []
@@ -91,7 +92,8 @@ def build_sample(recipe: RecipeConfig, hq_train: Any, ontology: Ontology, out: P
     #                                                                   trains on the images after these
     if not samples:
         raise ConfigError(f"calibration: {hq_train.path} has no labelled image to build a calibration sample from")
-    labeller = teacher_labeller(recipe.teacher_config(), ontology, recipe.synth.accelerator, _device(recipe))
+    accelerator = recipe.synth.accelerator
+    labeller = teacher_labeller(recipe.teacher_config(), ontology, accelerator, "cuda" if on_gpu(accelerator) else None)
     mask_entries, pair_entries = [], []
     for sample in samples:
         image = load_image(sample.image_path, str(sample.image_path))
@@ -121,12 +123,6 @@ def build_sample(recipe: RecipeConfig, hq_train: Any, ontology: Ontology, out: P
 
 def _instance(inst: Any) -> dict[str, Any]:
     return {"mask": inst.mask, "box_xyxy_px": [float(v) for v in inst.box_xyxy_px], "score": float(inst.score)}
-
-
-def _device(recipe: RecipeConfig) -> str | None:
-    import torch
-
-    return "cuda" if recipe.synth.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else None
 
 
 def _note(thresholds: dict[str, float], source: str, target: float) -> str:

@@ -266,10 +266,8 @@ def _finish(fig: Any, ax: Any, title: str, path: str | os.PathLike[str]) -> None
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    atomic_write(Path(path), lambda handle: fig.savefig(handle, format="png"))
     plt.close(fig)
-    atomic_write(Path(path), lambda f: f.write(buffer.getvalue()))
 
 
 def tradeoff_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from adapt.drawing import draw_text_label, line_height, load_font, text_size, wrap
+from adapt.drawing import draw_text_label, ellipsize, line_height, load_font, wrap
 from sam3_model.atomic import atomic_write, atomic_write_text
 from sam3_model.images import load_image
 from sam3_model.records import decode_mask
@@ -192,21 +192,12 @@ def render_sheet(phrase: str, accepted: list[Shown], rejected: list[Shown], tota
             x, top = GAP + (k % COLUMNS) * (CELL + GAP), y + (k // COLUMNS) * (CELL + caption_h + GAP)
             sheet.paste(tiles[id(item)], (x, top))
             cy = top + CELL + 2
-            draw.text((x, cy), _fit(item.key, font, CELL), fill=_GREY, font=font)
+            draw.text((x, cy), ellipsize(item.key, font, CELL), fill=_GREY, font=font)
             for line in wrap(item.caption, font, CELL, CAPTION_LINES):
                 cy += small_h
                 draw.text((x, cy), line, fill=_INK, font=font)
         y += _section_height(len(shown), caption_h) + GAP
     return sheet
-
-
-def _fit(text: str, font: Any, width: int) -> str:
-    """`text`, cut with '…' to fit `width` pixels."""
-    if text_size(text, font)[0] <= width:
-        return text
-    while text and text_size(text + "…", font)[0] > width:
-        text = text[:-1]
-    return text + "…"
 
 
 def _draw_tiles(root: Path, shown: list[tuple[Shown, tuple[int, int, int]]]) -> dict[int, Image.Image]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from adapt.training.trainer import on_gpu
 from sam3_model.errors import ConfigError
 from sam3_model.predict import ConceptSegmenter
 from verifiers.compose import VerifierChain
@@ -35,8 +36,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def teacher_dtype(name: str, accelerator: str) -> torch.dtype | None:
     """The teacher's dtype: "auto" is bfloat16 on a GPU and float32 on CPU."""
     if name == "auto":
-        on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-        return torch.bfloat16 if on_gpu else None
+        return torch.bfloat16 if on_gpu(accelerator) else None
     return _DTYPES[name]
 
 

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from adapt.data.datamodule import Sam3DataModule
 from adapt.training.checkpoints import remove_leftover_temporaries
 from adapt.training.module import Sam3FineTuner
-from adapt.training.trainer import TRAINER_DEFAULTS, _quiet_wandb_loggers, select_strategy
+from adapt.training.trainer import TRAINER_DEFAULTS, quiet_wandb_loggers, select_strategy
 from sam3_model.configs import read_config_file
 from sam3_model.errors import ConfigError
 from sam3_model.notices import notice
@@ -132,7 +132,7 @@ class Sam3CLI(LightningCLI):
             from adapt.training.progress import StageProgressBar
 
             callbacks = [*callbacks, StageProgressBar()]
-        _quiet_wandb_loggers(config.get("logger"))  # no W&B warning about Lightning's anonymous=None
+        quiet_wandb_loggers(config.get("logger"))  # no W&B warning about Lightning's anonymous=None
         return super()._instantiate_trainer(config, callbacks)
 
     def before_instantiate_classes(self) -> None:

@@ -21,6 +21,13 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
+def on_gpu(accelerator: Any) -> bool:
+    """Whether `accelerator` ("auto", "gpu", "cuda", "cpu"...) puts work on a CUDA GPU on this machine."""
+    import torch
+
+    return str(accelerator or "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def num_devices(devices: Any, accelerator: Any) -> int:
     """How many devices a Trainer would use for `devices` ("auto", -1, an int, a list or "0,1")."""
     if isinstance(devices, (list, tuple)):
@@ -29,8 +36,7 @@ def num_devices(devices: Any, accelerator: Any) -> int:
     if text in ("auto", "-1"):
         import torch
 
-        on_gpu = str(accelerator or "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        return torch.cuda.device_count() if on_gpu else 1
+        return torch.cuda.device_count() if on_gpu(accelerator) else 1
     if "," in text:
         return len([d for d in text.split(",") if d.strip()])
     return int(text) if text.isdigit() else 1
@@ -58,7 +64,7 @@ def quiet_lightning() -> Iterator[None]:
         log.setLevel(level)
 
 
-def _quiet_wandb_loggers(logger: Any) -> None:
+def quiet_wandb_loggers(logger: Any) -> None:
     """Drop the `anonymous=None` Lightning's WandbLogger passes to `wandb.init`: W&B warns on every run that the
     setting has no effect (a deprecation of theirs, not the user's doing)."""
     for one in logger if isinstance(logger, (list, tuple)) else [logger]:
@@ -81,7 +87,7 @@ def build_trainer(*, spawn: bool = False, quiet: bool = False, progress: dict[st
         callbacks = list(settings.get("callbacks") or [])
         if not any(type(c).__name__.endswith("ProgressBar") for c in callbacks):
             settings["callbacks"] = [*callbacks, StageProgressBar(**(progress or {}))]
-    _quiet_wandb_loggers(settings.get("logger"))
+    quiet_wandb_loggers(settings.get("logger"))
     settings["strategy"] = select_strategy(settings.get("strategy"), settings.get("devices", "auto"),
                                            settings.get("accelerator", "auto"), settings.get("num_nodes", 1), spawn)
     if quiet:
