@@ -53,6 +53,7 @@ class Evidence:
         self.confusable = _confusable(ontology) if ontology is not None else {}
         self._keys: dict[str, list[str]] = {}  # set -> the image order every table is aligned to
         self._counts: dict[str, np.ndarray] = {}  # set -> (B, I) resampled image counts
+        self._tables: dict[Path, PairTable] = {}  # each run's table, read once
 
     def estimate(self, runs: Sequence[str], test_set: str, metric: str,
                  pairs: Callable[[PairTable], np.ndarray] | None = None) -> Estimate | None:
@@ -60,10 +61,9 @@ class Evidence:
         run has no table (a run of an older version) or the tables are of other images."""
         stats = []
         for run in runs:
-            path = self.runs_dir / run / f"pairs-{test_set}.npz"
-            if not path.is_file():
+            table = self._table(self.runs_dir / run / f"pairs-{test_set}.npz")
+            if table is None:
                 return None
-            table = PairTable.load(path)
             if pairs is not None:
                 table = table.subset(pairs(table))
             aligned = self._aligned(table, test_set)
@@ -76,6 +76,14 @@ class Evidence:
         value = np.mean([metrics_from_sums(s.sum(0, keepdims=True))[metric][0] for s in stats])
         replicates = np.mean([metrics_from_sums(counts @ s)[metric] for s in stats], axis=0)  # (B,)
         return Estimate(float(value), replicates)
+
+    def _table(self, path: Path) -> PairTable | None:
+        """The pair table at `path` (read on first use), or None when the run has none."""
+        if path not in self._tables:
+            if not path.is_file():
+                return None
+            self._tables[path] = PairTable.load(path)
+        return self._tables[path]
 
     def hard_negatives(self, table: PairTable) -> np.ndarray:
         """(N,) the positive pairs and the negatives confusable with a concept present in their image."""

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from sam3_model.atomic import atomic_write, atomic_write_text
-from synth.ontology import Ontology
 
 from .evidence import RESAMPLES, Estimate, Evidence, cell
 from .jobs import COLUMNS, GENERAL_TEST_SET, TEST_SET
@@ -119,11 +118,10 @@ def add_report_columns(rows: Sequence[dict[str, Any]], evidence: Evidence | None
 
 
 def results_markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = (),
-                     runs_dir: Path | None = None, ontology: Ontology | None = None) -> str:
+                     evidence: Evidence | None = None) -> str:
     """results.md: per arm, mix, round and size the domain and general scores with their intervals, the gain and
     the change against zero-shot, the domain details, and which differences are signal."""
     groups = group_rows(rows)
-    evidence = Evidence(runs_dir, ontology) if runs_dir is not None else None
     zero = next((g for g in groups if g.arm == "zero-shot"), None)
     general = any(g.has("general_cgF1") for g in groups)
 

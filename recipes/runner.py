@@ -200,7 +200,8 @@ class RecipeRun:
     def report(self, rows: list[dict[str, Any]], notes: list[str]) -> None:
         """results.csv, results.md, scaling.png and the W&B summary run."""
         r = self.recipe
-        add_report_columns(rows, Evidence(self.out / "runs", self.ontology()))
+        evidence = Evidence(self.out / "runs", self.ontology())  # one set of resamples for the csv and the md
+        add_report_columns(rows, evidence)
         changed = write_csv(rows, self.out / "results.csv")
         if not changed and (self.out / "results.md").is_file() and (self.out / "scaling.png").is_file():
             self.say("report: results unchanged since the last run, kept")
@@ -209,8 +210,7 @@ class RecipeRun:
         scaling_plot(rows, self.out / "scaling.png", f"{r.name}: cgF1 against domain training images")
         if any(row.get("general_cgF1") not in (None, "") for row in rows):
             tradeoff_plot(rows, self.out / "tradeoff.png", f"{r.name}: domain gain against general cost")
-        atomic_write_text(self.out / "results.md", results_markdown(rows, title, notes, self.out / "runs",
-                                                                    self.ontology()))
+        atomic_write_text(self.out / "results.md", results_markdown(rows, title, notes, evidence))
         if r.tracking.wandb != "disabled":
             self._wandb_summary(rows)
 
