@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from sam3_model.errors import ConfigError
 from sam3_model.records import RLE
 
@@ -92,8 +94,6 @@ def _from_run(root: Path) -> list[ReviewItem]:
 
 def _from_dataset(path: Path, images: str | Path | None) -> list[ReviewItem]:
     """A COCO or SA-Co file: its pairs with their masks (no verifier decisions)."""
-    import numpy as np
-
     from adapt.data.readers import read_dataset
     from sam3_model.records import encode_mask
 
@@ -109,14 +109,20 @@ def _from_dataset(path: Path, images: str | Path | None) -> list[ReviewItem]:
                 if phrase.masks is not None:
                     mask = phrase.masks[k]
                 else:  # a boxes-only dataset: the box is the mask to judge
-                    box = np.zeros((sample.height, sample.width), np.uint8)  # (H, W)
-                    box[int(y):int(np.ceil(y + h)), int(x):int(np.ceil(x + w))] = 1
-                    mask = encode_mask(box)
+                    mask = encode_mask(box_mask((x, y, x + w, y + h), sample.height, sample.width))
                 instances.append(ReviewInstance(mask, [x, y, x + w, y + h]))
             file_name = str(Path(sample.image_path).relative_to(read_root(path, images)))
             items.append(ReviewItem(f"{sample.image_id}|{phrase.phrase}", Path(sample.image_path), file_name,
                                     sample.image_id, sample.width, sample.height, phrase.phrase, instances))
     return items
+
+
+def box_mask(box_xyxy_px: tuple[float, float, float, float], height: int, width: int) -> np.ndarray:
+    """(H, W) uint8 mask of the pixels a box covers (its edges rounded outwards)."""
+    x0, y0, x1, y1 = box_xyxy_px
+    mask = np.zeros((height, width), np.uint8)
+    mask[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = 1
+    return mask
 
 
 def read_root(path: Path, images: str | Path | None) -> Path:

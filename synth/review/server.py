@@ -15,7 +15,9 @@ import numpy as np
 from sam3_model.errors import ConfigError
 from sam3_model.records import decode_mask, encode_mask
 
-from .items import ReviewItem, read_items, sample_items
+from verifiers.geometric import box_iou
+
+from .items import ReviewItem, box_mask, read_items, sample_items
 from .store import AnswerError, ReviewStore
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -52,17 +54,15 @@ class BoxSegmenter:
                 from sam3_model.records import ConceptPrompt
 
                 (result,) = segmenter([str(item.image_path)], [[ConceptPrompt(item.phrase, [(x0, y0, x1, y1)])]])[0]
-                best = max(result.instances, key=lambda i: _box_iou(i.box_xyxy_px, (x0, y0, x1, y1)),
-                           default=None)
-                if best is not None and _box_iou(best.box_xyxy_px, (x0, y0, x1, y1)) >= MIN_BOX_IOU:
-                    inside = decode_mask(best.mask)  # (H, W): keep only what lies in the drawn box
-                    clip = np.zeros_like(inside)
-                    clip[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = 1
-                    if (inside & clip).any():
-                        return {"mask": encode_mask(inside & clip), "box_xyxy_px": [x0, y0, x1, y1],
+                overlaps = [(box_iou(i.box_xyxy_px, (x0, y0, x1, y1)), k) for k, i in enumerate(result.instances)]
+                iou, k = max(overlaps, default=(0.0, -1))
+                if iou >= MIN_BOX_IOU:
+                    best = result.instances[k]
+                    inside = decode_mask(best.mask) & box_mask((x0, y0, x1, y1), item.height, item.width)  # (H, W)
+                    if inside.any():  # only what lies in the drawn box
+                        return {"mask": encode_mask(inside), "box_xyxy_px": [x0, y0, x1, y1],
                                 "score": float(best.score), "via": "model", "note": ""}
-        mask = np.zeros((item.height, item.width), np.uint8)  # (H, W)
-        mask[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = 1
+        mask = box_mask((x0, y0, x1, y1), item.height, item.width)  # (H, W)
         note = self.error or ("no model (--model)" if not self.model_name else "the model found no instance there")
         return {"mask": encode_mask(mask), "box_xyxy_px": [x0, y0, x1, y1], "score": None, "via": "box",
                 "note": note + ": the box itself is the mask"}
@@ -75,14 +75,6 @@ def mask_runs(rle: dict[str, Any]) -> list[int]:
     bounds = np.concatenate([[0], edges, [flat.size]])
     runs = np.diff(bounds).tolist()
     return ([0] + runs) if flat.size and flat[0] else runs
-
-
-def _box_iou(a: Any, b: Any) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def create_app(store: ReviewStore, segmenter: BoxSegmenter, token: str | None = None, title: str = "") -> Any:

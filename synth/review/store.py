@@ -26,7 +26,8 @@ from typing import Any
 from sam3_model.atomic import atomic_write_text
 from sam3_model.errors import ConfigError
 from sam3_model.formats.writers import saco_json, write_json_dataset
-from sam3_model.records import decode_mask, mask_area
+from adapt.data.annotations import rle_box_xywh_px
+from sam3_model.records import mask_area
 
 from .items import ReviewItem
 
@@ -202,24 +203,13 @@ class ReviewStore:
             masks = [i.mask for i, label in zip(item.instances, answer["mv"]) if label == "accept"]
             masks += [a["mask"] for a in answer["added"]]
             for mask in masks:
-                x0, y0, x1, y1 = _tight_box(mask)
+                x, y, bw, bh = rle_box_xywh_px(mask).tolist()  # the mask's tight box, without decoding it
                 w, h = item.width, item.height
                 annotations.append({"id": len(annotations) + 1, "image_id": pair_id, "category_id": 1,
-                                    "bbox": [x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],
+                                    "bbox": [x / w, y / h, bw / w, bh / h],
                                     "segmentation": mask, "area": mask_area(mask) / (w * h), "iscrowd": 0})
         return saco_json(pairs, annotations, {"description": "human-verified with sam3-adapt review",
                                               "variant": "hq", "images": self.image_root})
-
-
-def _tight_box(mask: dict[str, Any]) -> tuple[float, float, float, float]:
-    """The mask's tight box (x0, y0, x1, y1) in pixels."""
-    import numpy as np
-
-    m = decode_mask(mask)  # (H, W)
-    ys, xs = np.nonzero(m)
-    if len(xs) == 0:
-        return 0.0, 0.0, 0.0, 0.0
-    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
 
 
 def agreement(reviewed: list[tuple[ReviewItem, dict[str, Any]]]) -> dict[str, Any]:
