@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sam3_model.atomic import atomic_write_text
-from sam3_model.formats import saco_json, write_json_dataset
+from sam3_model.formats import saco_annotation, saco_json, write_json_dataset
 from sam3_model.records import mask_area
 from verifiers.geometric import mask_iou
 
@@ -62,12 +62,9 @@ class _SacoBuilder:
                             "text_input": phrase, "is_instance_exhaustive": exhaustive, "decision": decision})
         for inst, provenance in instances:
             x0, y0, x1, y1 = inst["box_xyxy_px"]
-            self.annotations.append({
-                "id": len(self.annotations) + 1, "image_id": pair_id, "category_id": 1,
-                "bbox": [x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],  # xywh normalised (SA-Co)
-                "segmentation": inst["mask"], "area": mask_area(inst["mask"]) / (w * h), "iscrowd": 0,
-                "score": inst["score"], "provenance": provenance,
-            })
+            self.annotations.append(saco_annotation(
+                len(self.annotations) + 1, pair_id, [x0, y0, x1 - x0, y1 - y0], w, h, mask_area(inst["mask"]),
+                inst["mask"], score=inst["score"], provenance=provenance))
 
     def to_json(self, info: dict[str, Any]) -> dict[str, Any]:
         return saco_json(self.images, self.annotations, {**info, "variant": self.variant})

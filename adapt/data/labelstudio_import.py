@@ -32,6 +32,7 @@ from sam3_model.formats import (
     coco_json,
     gc_paused,
     read_json,
+    saco_annotation,
     saco_json,
     write_json_dataset,
 )
@@ -324,10 +325,8 @@ def _write_saco(out: Path, tasks: list[_Task], with_masks: bool, stats: ImportSt
             pairs.append({"id": pid, "file_name": task.file_name, "height": task.height, "width": task.width,
                           "text_input": phrase, "is_instance_exhaustive": phrase not in task.non_exhaustive})
         for region, phrase, entry in _instances(task, with_masks, stats):
-            x, y, w, h = entry["bbox"]
-            entry = {**entry, "bbox": [x / task.width, y / task.height, w / task.width, h / task.height],
-                     "area": entry["area"] / (task.width * task.height)}  # fmt: skip
-            annotations.append({"id": len(annotations) + 1, "image_id": pair_of[phrase], "category_id": 1, **entry})
+            annotations.append(saco_annotation(len(annotations) + 1, pair_of[phrase], entry["bbox"], task.width,
+                                               task.height, entry["area"], entry.get("segmentation")))
     write_json_dataset(out, saco_json(pairs, annotations))
     return len({os.path.normpath(t.file_name) for t in tasks}), len(annotations)
 

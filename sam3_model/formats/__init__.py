@@ -13,11 +13,11 @@ from .json_files import detect_format, gc_paused, read_json, require_keys
 from .phrases import check_phrase
 from .problem import FormatProblem
 from .rle import RLE, RleBatch, check_rle, compressed_runs, first_corrupt, str_counts
-from .writers import coco_json, saco_json, write_json_dataset
+from .writers import coco_json, saco_annotation, saco_json, write_json_dataset
 
 __all__ = [
     "BACKGROUND_NAMES", "CategoryChoice", "CategoryRules", "FormatProblem", "RLE", "RleBatch", "check_phrase",
     "check_rle", "choose_categories", "coco_json", "compressed_runs", "detect_format", "first_corrupt",
-    "gc_paused", "placeholder_reason", "read_categories", "read_json", "require_keys", "saco_json", "str_counts",
-    "write_json_dataset",
+    "gc_paused", "placeholder_reason", "read_categories", "read_json", "require_keys", "saco_annotation", "saco_json",
+    "str_counts", "write_json_dataset",
 ]

@@ -23,6 +23,18 @@ def saco_json(pairs: Sequence[Mapping[str, Any]], annotations: Sequence[Mapping[
     return {"info": dict(info), **data} if info is not None else data
 
 
+def saco_annotation(ann_id: int, pair_id: int, box_xywh_px: Sequence[float], width: int, height: int,
+                    area_px: float, segmentation: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """One SA-Co annotation of pair `pair_id`: box and area normalised by the image's `width` x `height`,
+    category 1 (the phrase is on the pair), then `extra` keys (score, provenance...)."""
+    x, y, w, h = box_xywh_px
+    entry: dict[str, Any] = {"id": ann_id, "image_id": pair_id, "category_id": 1,
+                             "bbox": [x / width, y / height, w / width, h / height]}
+    if segmentation is not None:
+        entry["segmentation"] = segmentation
+    return {**entry, "area": area_px / (width * height), "iscrowd": 0, **extra}
+
+
 def coco_json(images: Sequence[Mapping[str, Any]], annotations: Sequence[Mapping[str, Any]],
               categories: Sequence[Mapping[str, Any]], info: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A COCO instance file."""

@@ -25,7 +25,7 @@ from typing import Any
 
 from sam3_model.atomic import atomic_write_text
 from sam3_model.errors import ConfigError
-from sam3_model.formats.writers import saco_json, write_json_dataset
+from sam3_model.formats import saco_annotation, saco_json, write_json_dataset
 from adapt.data.annotations import rle_box_xywh_px
 from sam3_model.records import mask_area
 
@@ -202,12 +202,9 @@ class ReviewStore:
                           "source_image_id": item.image_id, "reviewer": answer["reviewer"]})
             masks = [i.mask for i, label in zip(item.instances, answer["mv"]) if label == "accept"]
             masks += [a["mask"] for a in answer["added"]]
-            for mask in masks:
-                x, y, bw, bh = rle_box_xywh_px(mask).tolist()  # the mask's tight box, without decoding it
-                w, h = item.width, item.height
-                annotations.append({"id": len(annotations) + 1, "image_id": pair_id, "category_id": 1,
-                                    "bbox": [x / w, y / h, bw / w, bh / h],
-                                    "segmentation": mask, "area": mask_area(mask) / (w * h), "iscrowd": 0})
+            for mask in masks:  # boxes: the masks' tight boxes (pycocotools, without decoding them)
+                annotations.append(saco_annotation(len(annotations) + 1, pair_id, rle_box_xywh_px(mask).tolist(),
+                                                   item.width, item.height, mask_area(mask), mask))
         return saco_json(pairs, annotations, {"description": "human-verified with sam3-adapt review",
                                               "variant": "hq", "images": self.image_root})
 
