@@ -85,19 +85,17 @@ def verb_parser(name: str, function: Any, config_cls: type | None):
 
 def _positional_config(verb: Verb, config_cls: type, value: str) -> tuple[str, dict[str, Any]]:
     """The file a positional argument names (a recipe may be a built-in name), its paths made absolute."""
-    if verb.positional == "recipe":
-        from recipes.config import recipe_path
+    if verb.positional == "recipe":  # read as every recipe is read (an old `general:` section included)
+        from recipes.config import recipe_mapping, recipe_path
 
         path = recipe_path(value)
-    else:
-        path = Path(value)
+        data = recipe_mapping(path)
+        check_keys(config_cls, data, str(path))
+        return str(path), data
+    path = Path(value)
     data = read_config_file(path, "config")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
-    if verb.positional == "recipe":  # a recipe written before `general:` had a test set
-        from recipes.config import general_as_train
-
-        data = general_as_train(data, str(path))
     check_keys(config_cls, data, str(path))
     return str(path), resolve_mapping_paths(config_cls, data, path.parent)
 
