@@ -148,17 +148,26 @@ def train_base(out: str | Path, cfg: BaseTraining, work: str | Path | None = Non
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m recipes.toy_base --out DIR [--minutes M] [--steps N]`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def script_arguments(description: str, settings: type, work_help: str,
+                     argv: list[str] | None) -> tuple[str, str | None, Any]:  # fmt: skip
+    """A training script's command line: `--out DIR`, `--work DIR` and one `--<field>` per number or string
+    field of the `settings` dataclass; returns (out, work, settings filled in)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--work", default=None, help="where the general toy data goes (default: OUT-work)")
-    for name, value in asdict(BaseTraining()).items():
+    parser.add_argument("--work", default=None, help=work_help)
+    for name, value in asdict(settings()).items():
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = vars(parser.parse_args(argv))
     out, work = args.pop("out"), args.pop("work")
-    metrics = train_base(out, BaseTraining(**args), work)
+    return out, work, settings(**args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m recipes.toy_base --out DIR [--minutes M] [--steps N]`."""
+    out, work, cfg = script_arguments(__doc__.splitlines()[0], BaseTraining,
+                                      "where the general toy data goes (default: OUT-work)", argv)
+    metrics = train_base(out, cfg, work)
     print(json.dumps({k: round(v, 4) for k, v in metrics.items() if "/" in k}, indent=2))
 
 

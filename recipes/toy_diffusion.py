@@ -15,7 +15,6 @@ samples, 4 x 4, seeds 0-15) for a person to look at.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -30,6 +29,7 @@ import torch
 from PIL import Image
 
 from sam3_model.atomic import atomic_write_text
+from sam3_model.info import cpu_model
 
 
 @dataclass
@@ -184,15 +184,7 @@ def machine() -> dict[str, Any]:
     """What trained it: CPU model, cores, torch threads, versions."""
     import diffusers
 
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()}
 
 
@@ -245,15 +237,11 @@ def train_generator(out: str | Path, cfg: DiffusionTraining, work: str | Path | 
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m recipes.toy_diffusion --out DIR [--minutes M] [--steps N]`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--work", default=None, help="where previews and Lightning's files go (default: OUT-work)")
-    for name, value in asdict(DiffusionTraining()).items():
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    args = vars(parser.parse_args(argv))
-    out, work = args.pop("out"), args.pop("work")
-    report = train_generator(out, DiffusionTraining(**args), work)
+    from recipes.toy_base import script_arguments
+
+    out, work, cfg = script_arguments(__doc__.splitlines()[0], DiffusionTraining,
+                                      "where previews and Lightning's files go (default: OUT-work)", argv)
+    report = train_generator(out, cfg, work)
     print(json.dumps({k: report[k] for k in ("steps_done", "train_seconds", "loss", "weights_bytes")}, indent=2))
 
 

@@ -1,8 +1,23 @@
-"""What would train: parameter counts per component and the trainable counts of each LoRA preset."""
+"""What would train: parameter counts per component and the trainable counts of each LoRA preset; and what it
+would train on (the CPU's name, for reports of measured times)."""
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 from .presets import FULL_SIZE_PRESET
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), or platform's guess."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def describe(model: str = FULL_SIZE_PRESET, lora_rank: int = 16) -> None:
