@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from adapt.evaluation.bootstrap import (PairTable, hard_negative_mask, image_statistics, metrics_from_sums,
-                                        resample_counts)
+                                        percentile_interval, resample_counts)
 from synth.ontology import Ontology
 
 RESAMPLES = 1000  # bootstrap resamples of the test images
@@ -33,8 +33,7 @@ class Estimate:
 
     def interval(self) -> tuple[float, float]:
         """The 95% percentile interval."""
-        low, high = np.quantile(self.replicates, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-        return float(low), float(high)
+        return percentile_interval(self.replicates, LEVEL)
 
     def __sub__(self, other: Estimate) -> Estimate:
         return Estimate(self.value - other.value, self.replicates - other.replicates)

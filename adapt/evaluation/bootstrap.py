@@ -191,7 +191,7 @@ def bootstrap_metrics(table: PairTable, B: int = 1000, seed: int = 0) -> dict[st
     return metrics_from_sums(resample_counts(table.num_images, B, seed) @ image_statistics(table))
 
 
-def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
     """(low, high) percentile interval of (B,) values at `level`."""
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
@@ -201,7 +201,7 @@ def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
 
 def intervals(table: PairTable, B: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap interval (low, high) of each metric, resampling images."""
-    return {k: _percentiles(v, level) for k, v in bootstrap_metrics(table, B, seed).items()}
+    return {k: percentile_interval(v, level) for k, v in bootstrap_metrics(table, B, seed).items()}
 
 
 def _aligned_statistics(table_a: PairTable, table_b: PairTable) -> tuple[np.ndarray, np.ndarray]:
@@ -230,7 +230,7 @@ def paired_difference(
     counts = resample_counts(len(stats_a), B, seed)  # (B, I), shared by both models
     boot_a, boot_b = metrics_from_sums(counts @ stats_a), metrics_from_sums(counts @ stats_b)
     point_a, point_b = point_estimate(table_a), point_estimate(table_b)
-    return {k: (point_a[k] - point_b[k], *_percentiles(boot_a[k] - boot_b[k], level)) for k in METRICS}
+    return {k: (point_a[k] - point_b[k], *percentile_interval(boot_a[k] - boot_b[k], level)) for k in METRICS}
 
 
 def summarize(table: PairTable, B: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, dict[str, float]]:
