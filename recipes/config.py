@@ -118,6 +118,33 @@ class CalibrationSettings:
 
 
 @dataclass
+class SlurmSettings:
+    """Where the sweep's trainings run with `train.launcher: slurm`: one task of a SLURM job array per training,
+    submitted with submitit (`recipes/cluster.py`). Each task runs one training on `gpus_per_task` GPUs."""
+
+    partition: str | None = None  # sbatch --partition
+    account: str | None = None  # sbatch --account
+    qos: str | None = None  # sbatch --qos
+    gpus_per_task: int = 1  # GPUs of one training (train.devices, when that is a number, must equal it)
+    cpus_per_task: int = 8  # data-loading workers and the training process
+    mem_gb: int | None = None  # host memory per task (None: the partition's default)
+    time_minutes: int = 240  # wall-clock limit of one training (sbatch --time)
+    array_parallelism: int = 32  # at most this many trainings of the array run at once
+    sbatch: dict[str, Any] = field(default_factory=dict)  # further sbatch options, e.g. {constraint: h100}
+    setup: list[str] = field(default_factory=list)  # shell lines run before each task (module load ..., source ...)
+    poll_seconds: float = 30.0  # how often `recipe run` looks at the jobs while it waits
+    executor: Literal["slurm", "local"] = "slurm"  # local: submitit's local executor runs every task as a process
+    #                                               here, through the same code path (a dry run of a sweep)
+
+    def __post_init__(self) -> None:
+        if self.gpus_per_task < 0 or self.cpus_per_task < 1 or self.time_minutes < 1 or self.array_parallelism < 1:
+            raise ConfigError("train.slurm: gpus_per_task >= 0, cpus_per_task >= 1, time_minutes >= 1 and "
+                              "array_parallelism >= 1")
+        if self.poll_seconds <= 0:
+            raise ConfigError(f"train.slurm.poll_seconds must be > 0, got {self.poll_seconds}")
+
+
+@dataclass
 class TrainSettings:
     """How every arm fine-tunes, in `fit`'s vocabulary: the model sections `Sam3FineTuner` takes (trainable,
     objective, optimizer, schedule, validation, phrase_chunk_size, image_size), the data keys of `Sam3DataModule`
@@ -144,6 +171,9 @@ class TrainSettings:
     devices: int | str = "auto"  # trainer.devices
     num_nodes: int = 1  # trainer.num_nodes
     strategy: str = "auto"  # trainer.strategy (several devices: DDP, spawned, keeping unused parameters)
+    launcher: Literal["local", "slurm"] = "local"  # local: on this machine (parallel_jobs side by side);
+    #                                                slurm: every training a task of a SLURM job array (`slurm:`)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)  # the cluster keys, read with launcher: slurm
 
 
 @dataclass
@@ -208,6 +238,11 @@ class RecipeConfig:
             raise ConfigError(f"train.steps must be >= 1, got {self.train.steps}")
         if self.train.parallel_jobs < 1:
             raise ConfigError(f"train.parallel_jobs must be >= 1, got {self.train.parallel_jobs}")
+        t = self.train
+        if t.launcher == "slurm" and t.accelerator not in ("cpu",) and str(t.devices).isdigit() \
+                and int(t.devices) != t.slurm.gpus_per_task:
+            raise ConfigError(f"train.devices ({t.devices}) must equal train.slurm.gpus_per_task "
+                              f"({t.slurm.gpus_per_task}): each training runs on its task's GPUs")
 
     def teacher_config(self) -> TeacherConfig:
         """The teacher of the data engine: the recipe's base model unless the teacher section names another."""

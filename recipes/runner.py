@@ -54,6 +54,7 @@ class RecipeOutputs:
     export: Path | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
     notes: list[str] = field(default_factory=list)
+    detached: bool = False  # the sweep was submitted to the cluster and is still running (no report yet)
 
 
 def _versions() -> dict[str, str]:
@@ -74,9 +75,9 @@ class RecipeRun:
     """Run one recipe into `out` (see the module docstring for the steps)."""
 
     def __init__(self, recipe: RecipeConfig, out: str | os.PathLike[str], where: str = "",
-                 progress: bool = True, say: Callable[[str], None] = print) -> None:
+                 progress: bool = True, say: Callable[[str], None] = print, detach: bool = False) -> None:
         self.recipe, self.out, self.where = recipe, Path(out), where or recipe.name
-        self.progress, self.say = progress, say
+        self.progress, self.say, self.detach = progress, say, detach  # detach: submit a cluster sweep, not wait
         self.timings: dict[str, float] = {}
         self.verify = recipe.verify  # the verifiers that judge the pseudo-labels (trained and calibrated ones added)
         self.calibration_note = ""
@@ -166,12 +167,19 @@ class RecipeRun:
                                              domain_data=[d.name for d in domain], **common))
         return jobs
 
-    def train(self, jobs: list[TrainJob]) -> list[dict[str, Any]]:
-        """Run every unfinished job (side by side when train.parallel_jobs > 1); the results in job order."""
+    def train(self, jobs: list[TrainJob]) -> list[dict[str, Any]] | None:
+        """Run every unfinished job (side by side when train.parallel_jobs > 1, or as a SLURM job array with
+        train.launcher: slurm); the results in job order, or None when detached from a sweep still running."""
         done = {j.name: read_result(j.out_dir) for j in jobs}
         todo = [j for j in jobs if done[j.name] is None]
         if len(todo) < len(jobs):
             self.say(f"train: {len(jobs) - len(todo)} of {len(jobs)} runs already finished, skipped")
+        if self.recipe.train.launcher == "slurm" and todo:
+            results = self._train_on_cluster(todo)
+            if results is None:
+                return None
+            done.update(results)
+            return [done[j.name] for j in jobs]
         parallel = min(self.recipe.train.parallel_jobs, len(todo))
         bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not self.progress or not todo)
         if parallel <= 1:
@@ -196,6 +204,29 @@ class RecipeRun:
                     bar.update()
         bar.close()
         return [done[j.name] for j in jobs]
+
+    def _train_on_cluster(self, todo: list[TrainJob]) -> dict[str, dict[str, Any]] | None:
+        """The unfinished jobs as tasks of a SLURM job array (submitit); None when detached before they finish."""
+        from .cluster import ClusterSweep
+
+        t = self.recipe.train
+        sweep = ClusterSweep(t.slurm, self.out / "slurm", self.recipe.name, self.say)
+        gpus = 0 if t.accelerator == "cpu" else t.slurm.gpus_per_task
+        todo = [dataclasses.replace(j, progress=False) for j in todo]  # a task's log is no terminal
+        bar = tqdm(total=len(todo), desc="runs (cluster)", unit="run", disable=not self.progress)
+
+        def finished(result: dict[str, Any]) -> None:
+            bar.set_postfix_str(f"{result['run']} cgF1 {result['cgF1']:.3f}")
+            bar.update()
+
+        try:
+            results = sweep.run(todo, gpus, detach=self.detach, on_result=finished)
+        finally:
+            bar.close()
+        if results is None:
+            self.say(f"train: detached; {len(todo)} run(s) are queued or running on the cluster. Run the same "
+                     "`recipe run` again to wait for them and report (finished runs are collected, not rerun)")
+        return results
 
     def report(self, rows: list[dict[str, Any]], notes: list[str]) -> None:
         """results.csv, results.md, scaling.png and the W&B summary run."""
@@ -285,12 +316,17 @@ class RecipeRun:
         self._timed("calibrate", lambda: self.calibrate(verifier, datasets["hq"]))
         datasets.update(self._timed("synth", lambda: self.synth()))
         rows = self._timed("train", lambda: self.train(self.jobs(datasets)))
+        if rows is None:
+            return RecipeOutputs(self.out, [], None, dict(self.timings), detached=True)
         for round_ in range(2, r.rounds + 1):
             teacher = self._round_teacher(rows, round_ - 1)
             if teacher is None:
                 break
             datasets.update(self._timed(f"synth-r{round_}", lambda: self.synth(round_, teacher)))
-            rows += self._timed(f"train-r{round_}", lambda: self.train(self.jobs(datasets, round_)))
+            more = self._timed(f"train-r{round_}", lambda: self.train(self.jobs(datasets, round_)))
+            if more is None:
+                return RecipeOutputs(self.out, rows, None, dict(self.timings), detached=True)
+            rows += more
         notes = self._notes(rows, verifier)
         self._timed("report", lambda: self.report(rows, notes))
         export = self._timed("export", lambda: self.export(rows))

@@ -19,16 +19,20 @@ from .config import BUILTIN, RECIPES_DIR, RecipeConfig
 EXIT_MISSING = 2
 
 
-def run(config: RecipeConfig, out: Path, quiet: bool = False) -> int:
+def run(config: RecipeConfig, out: Path, quiet: bool = False, detach: bool = False) -> int:
     """Synth, fine-tune every arm, evaluate, report and export the best, into `out` (finished work is skipped).
 
     Args:
         out: the output folder (rerun to resume, or to add arms and seeds).
         quiet: no progress bars.
+        detach: with train.launcher: slurm, return once the sweep is submitted; the same `recipe run` later
+            collects the finished runs (and resubmits failed ones) and reports.
     """
     from .check import check_message, check_recipe
     from .runner import RecipeRun
 
+    if detach and config.train.launcher != "slurm":
+        raise ConfigError("--detach needs train.launcher: slurm (a local sweep runs in this process)")
     findings = check_recipe(config)
     if any(f.fatal for f in findings):
         print(check_message(config, findings), file=sys.stderr)
@@ -37,7 +41,9 @@ def run(config: RecipeConfig, out: Path, quiet: bool = False) -> int:
         import os
 
         os.environ["TQDM_DISABLE"] = "1"  # every tqdm bar, in this process and the training workers
-    outputs = RecipeRun(config, out, config.name, progress=not quiet).run()
+    outputs = RecipeRun(config, out, config.name, progress=not quiet, detach=detach).run()
+    if outputs.detached:
+        return 0
     print((Path(out) / "results.md").read_text().split("![")[0].strip())
     print(f"wrote {out}/results.csv, results.md, scaling.png"
           + (f"; best model exported to {outputs.export}" if outputs.export else ""))
