@@ -8,7 +8,8 @@ dataclasses' own checks, and turns every problem into a `ConfigError` naming the
 
 Paths are made absolute once, at load: a field whose metadata says `path` is resolved against the folder of the
 file it was written in (`resolve_paths`), `model` fields only when such a folder exists there (else it is a Hub
-id or a preset). Values given on the command line resolve against the working directory.
+id or a preset). Values given on the command line resolve against the working directory. An fsspec URL
+(`s3://bucket/photos`, see `storage.is_url`) is left as it is written.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, TypeVar, Union
 import yaml
 
 from .errors import ConfigError
+from .storage import is_url
 
 T = TypeVar("T")
 PATH = {"path": "file"}  # field metadata: a file or folder path, resolved against the config's folder
@@ -222,8 +224,8 @@ def resolve_mapping_paths(cls: type, data: Any, base: str | os.PathLike[str]) ->
 def _resolve(value: Any, kind: str, base: Path) -> Any:
     if isinstance(value, list):
         return [_resolve(v, kind, base) for v in value]
-    if not isinstance(value, str) or not value or os.path.isabs(value) or "://" in value:
-        return value  # absolute, a URL, an inline mapping or unset
+    if not isinstance(value, str) or not value or os.path.isabs(value) or is_url(value):
+        return value  # absolute, an fsspec URL (kept as text), an inline mapping or unset
     candidate = base / Path(value).expanduser()
     if kind == "model" and not candidate.is_dir():
         return value  # a Hub id or a preset

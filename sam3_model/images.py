@@ -7,12 +7,14 @@ image sizes are compared after it: a 4000x3000 stored JPEG with orientation 6 is
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import storage
 from .errors import ImageError
 
 ImageInput = Union[Image.Image, np.ndarray, str, os.PathLike]
@@ -37,9 +39,9 @@ def displayed_size(image: Image.Image) -> tuple[int, int]:
 
 
 def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image file as displayed, from its header; `ImageError` naming the file."""
+    """(width, height) of an image file or URL as displayed, from its header; `ImageError` naming the file."""
     try:
-        with Image.open(path) as image:
+        with storage.open_binary(path) as handle, Image.open(handle) as image:
             return displayed_size(image)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such image file") from None
@@ -48,10 +50,11 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def load_image(image: ImageInput, where: str) -> Image.Image:
-    """An RGB PIL image (EXIF orientation applied) from a PIL image, an (H, W, 3) uint8 array or a file path."""
+    """An RGB PIL image (EXIF orientation applied) from a PIL image, an (H, W, 3) uint8 array, a file path or URL."""
     if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as opened:
+        try:  # a URL is read whole first: PIL's many small reads would each be a request
+            source = io.BytesIO(storage.read_bytes(image)) if storage.is_url(image) else image
+            with Image.open(source) as opened:
                 return _upright(opened).convert("RGB")
         except FileNotFoundError:
             raise ImageError(f"{image}: no such image file") from None

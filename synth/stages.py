@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pycocotools import mask as mask_utils
 from torch import nn
 
+from sam3_model import storage
 from sam3_model.atomic import atomic_write
 from sam3_model.images import load_image
 from sam3_model.records import Instance, coco_rle
@@ -52,9 +53,15 @@ class Stage:
 
 # ----- generate ----------------------------------------------------------------------------------------------
 def _save_image(produced: ProducedImage, images_dir: Path) -> Path:
-    """Put the image under `images_dir` atomically: the pool file itself (hard link or copy) or a new PNG."""
+    """Put the image under `images_dir` atomically: the pool file itself (hard link, copy, or a URL's bytes) or a
+    new PNG."""
     if produced.file is not None:
-        target = images_dir / f"{produced.key}{produced.file.suffix.lower()}"
+        target = images_dir / f"{produced.key}{PurePosixPath(storage.name_of(produced.file)).suffix.lower()}"
+        if storage.is_url(produced.file):
+            if not target.is_file():
+                data = produced.data if produced.data is not None else storage.read_bytes(produced.file)
+                atomic_write(target, lambda handle: handle.write(data))
+            return target
         if not target.is_file():
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             target.parent.mkdir(parents=True, exist_ok=True)

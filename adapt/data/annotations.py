@@ -14,7 +14,8 @@ covers no pixel is a problem too: it would be a target with nothing to find.
 
 An image's `file_name` must be relative and stay inside the image folder once `..` is collapsed (checked on the
 text, so a symlinked image file or folder inside it is fine); the sample's path is the resolved folder joined
-with the normalised name.
+with the normalised name. The image folder may be an fsspec URL (`s3://bucket/images`): the name is then joined
+to it with "/" and the sample's path is that URL, as text (see `sam3_model.storage`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from sam3_model import storage
 from sam3_model.formats import FormatProblem, check_rle, str_counts
 from sam3_model.records import RLE, mask_area
 
@@ -80,8 +82,16 @@ def image_size(entry: Mapping[str, Any]) -> tuple[int, int]:
     return w, h
 
 
-def resolve_image_path(root: Path, file_name: Any) -> Path:
-    """`root / file_name`, normalised; `file_name` must be relative and must not climb out of `root` (resolved)."""
+def image_folder(path: str | os.PathLike[str], images: str | os.PathLike[str] | None) -> Path | str:
+    """A dataset's image folder: `images` or the annotation file's folder; resolved when local, a URL as written."""
+    root = images if images is not None else storage.parent(path)
+    return str(root).rstrip("/") if storage.is_url(root) else Path(root).resolve()
+
+
+def resolve_image_path(root: Path | str, file_name: Any) -> Path | str:
+    """`root / file_name`, normalised; `file_name` must be relative and must not climb out of `root` (resolved).
+
+    `root` is a local folder (a `Path` comes back) or a URL (the URL of the file comes back, as text)."""
     if not isinstance(file_name, str) or not file_name.strip():
         raise AnnotationProblem(f"file_name must be a non-empty string, got {file_name!r}")
     if os.path.isabs(file_name):
@@ -90,7 +100,7 @@ def resolve_image_path(root: Path, file_name: Any) -> Path:
     rel = os.path.normpath(file_name)
     if rel in (".", "..") or rel.startswith(".." + os.sep):
         raise AnnotationProblem(f"file_name {file_name!r} leads out of the image folder {root}")
-    return root / rel
+    return storage.join(root, rel)
 
 
 def check_xywh(bbox: Any) -> list[float]:

@@ -41,6 +41,7 @@ from .annotations import (
     entry_label,
     has_segmentation,
     id_sort_key,
+    image_folder,
     image_size,
     is_id,
     resolve_image_path,
@@ -57,7 +58,7 @@ class _Image:
     """A checked `images[]` entry."""
 
     index: int
-    path: Path | None  # None when the entry has a problem
+    path: Path | str | None  # a local path or a URL; None when the entry has a problem
     width: int | None  # None when the size itself is bad
     height: int | None
 
@@ -80,7 +81,7 @@ def read_coco_json(data: Any, path: str | os.PathLike[str], image_root: str | os
         if not isinstance(data.get(key), list):
             got = "missing" if key not in data else f"a {type(data[key]).__name__}"
             raise DatasetError(f"{source}: '{key}' must be a list ({got}); is this a COCO instance file?")
-    root = Path(image_root if image_root is not None else Path(path).parent).resolve()
+    root = image_folder(path, image_root)
     choice = _categories(data["categories"], data["annotations"], source, rules)
     categories = choice.kept
     problems: list[DatasetProblem] = []
@@ -113,7 +114,7 @@ def _categories(entries: list, annotations: list, source: str, rules: CategoryRu
         raise DatasetError(str(err)) from None
 
 
-def _images(entries: list, root: Path, source: str, problems: list[DatasetProblem]) -> dict[Any, _Image]:
+def _images(entries: list, root: Path | str, source: str, problems: list[DatasetProblem]) -> dict[Any, _Image]:
     """Image id -> checked entry, in file order; bad entries are kept (path None) so annotations can name them."""
     images: dict[Any, _Image] = {}
     for i, img in enumerate(entries):
@@ -142,7 +143,7 @@ def _images(entries: list, root: Path, source: str, problems: list[DatasetProble
             images[image_id] = _Image(i, None, None, None)
             continue
         try:
-            image_path: Path | None = resolve_image_path(root, img["file_name"])
+            image_path: Path | str | None = resolve_image_path(root, img["file_name"])
         except AnnotationProblem as err:
             problems.append(DatasetProblem(source, where, str(err), image_id))
             image_path = None

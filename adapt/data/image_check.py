@@ -2,7 +2,8 @@
 
 Decoding is the cheap kind: JPEGs are decoded at 1/8 scale (PIL's draft mode still reads the whole stream, so a
 truncated file fails), other formats in full. The size compared is the displayed one, after the EXIF orientation
-(as labelme, Roboflow and ultralytics annotate, and as every image reader here loads it).
+(as labelme, Roboflow and ultralytics annotate, and as every image reader here loads it). An image given as an
+fsspec URL is read through fsspec.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 from tqdm import tqdm
 
+from sam3_model import storage
 from sam3_model.images import displayed_size
 
 from .records import DatasetProblem, ImageSample, ReadResult
@@ -44,10 +46,13 @@ def check_images(result: ReadResult, file: str) -> ReadResult:
 def image_problem(sample: ImageSample) -> str | None:
     """What is wrong with a sample's image file (missing, undecodable, another size), or None when it is fine."""
     path = sample.image_path
-    if not path.is_file():
-        return "image file not found" if not path.exists() else "image path is not a file"
     try:
-        with Image.open(path) as img:
+        if not storage.is_file(path):
+            return "image file not found" if not storage.exists(path) else "image path is not a file"
+    except OSError as err:  # an unreachable remote folder, a permission refused
+        return f"image cannot be reached ({type(err).__name__}: {err})"
+    try:
+        with storage.open_binary(path) as handle, Image.open(handle) as img:
             width, height = displayed_size(img)
             if (width, height) != (sample.width, sample.height):
                 rotated = " after its EXIF orientation" if (width, height) != img.size else ""

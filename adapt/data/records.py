@@ -33,7 +33,7 @@ class PhraseInstances:
 class ImageSample:
     """One image of a dataset and every phrase asked of it (positives and negatives)."""
 
-    image_path: Path  # resolved, inside the dataset's image folder
+    image_path: Path | str  # resolved, inside the dataset's image folder; an fsspec URL (text) for a remote one
     width: int
     height: int
     phrases: list[PhraseInstances]

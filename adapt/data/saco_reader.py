@@ -30,6 +30,7 @@ from .annotations import (
     crowd_flag,
     entry_label,
     has_segmentation,
+    image_folder,
     image_size,
     is_id,
     resolve_image_path,
@@ -58,7 +59,7 @@ class _Pair:
 class _Image:
     """One image file and the pairs asking about it."""
 
-    path: Path
+    path: Path | str  # a local path or a URL
     width: int
     height: int
     pair_ids: list[Any] = field(default_factory=list)
@@ -82,7 +83,7 @@ def read_saco_json(data: Any, path: str | os.PathLike[str], image_root: str | os
         if not isinstance(data.get(key), list):
             got = "missing" if key not in data else f"a {type(data[key]).__name__}"
             raise DatasetError(f"{source}: '{key}' must be a list ({got}); is this an SA-Co file?")
-    root = Path(image_root if image_root is not None else Path(path).parent).resolve()
+    root = image_folder(path, image_root)
     problems: list[DatasetProblem] = []
     pairs, images = _pairs(data["images"], root, source, problems)
     box_only = _annotations(data["annotations"], pairs, source, problems)
@@ -105,7 +106,7 @@ def read_saco_json(data: Any, path: str | os.PathLike[str], image_root: str | os
     return ReadResult(samples, problems)
 
 
-def _pairs(entries: list, root: Path, source: str,
+def _pairs(entries: list, root: Path | str, source: str,
            problems: list[DatasetProblem]) -> tuple[dict[Any, _Pair], dict[str, _Image]]:  # fmt: skip
     """Pair id -> checked pair, and image key (file_name) -> image with its pairs, both in file order."""
     pairs: dict[Any, _Pair] = {}

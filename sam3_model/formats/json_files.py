@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import storage
 from ..errors import DatasetError
 
 
@@ -28,9 +29,12 @@ def gc_paused() -> Iterator[None]:
 
 
 def read_json(path: str | os.PathLike[str], what: str) -> Any:
-    """Parse the JSON file `path` (a `what` file: "ground truth", "predictions"), or one clear `DatasetError`."""
+    """Parse the JSON file or URL `path` (a `what` file: "ground truth", "predictions"), or one clear `DatasetError`."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        if storage.is_url(path):
+            text = storage.read_bytes(path).decode("utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such {what} file") from None
     except IsADirectoryError:

@@ -36,7 +36,9 @@ class ProducedImage:
     image: Image.Image  # RGB
     provenance: dict[str, Any]  # JSON-ready: {"kind": "pool", "path": ...} or {"kind": "generated", "pipeline":
     #                             ..., "prompt": ..., "negative_prompt": ..., "seed": ..., "steps": ...}, etc.
-    file: Path | None = None  # an existing file holding exactly this image (pool sources); None: save a PNG
+    file: Path | str | None = None  # an existing file (or fsspec URL, as text) holding exactly this image (pool
+    #                                 sources); None: save a PNG
+    data: bytes | None = None  # the bytes of a `file` URL, already read: the run writes them, not a second download
     exact: list[ExactInstance] = field(default_factory=list)
     exact_phrases: list[str] = field(default_factory=list)  # phrases whose exact labels are exhaustive (a phrase
     #                                                          listed with no instance is an exact negative)

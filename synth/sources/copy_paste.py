@@ -63,7 +63,7 @@ class _Cutout:
     """One instance of the dataset that can be pasted."""
 
     phrase: str
-    image_path: Path
+    image_path: Path | str  # a local path or a URL
     instance_index: int  # index of the instance among its phrase's instances in that image
     mask: RLE
 
@@ -127,7 +127,7 @@ class CopyPasteSource:
             result = read_dataset(cfg.instances, cfg.instances_format, cfg.images, check_image_files=False)
             allowed = set(self.phrases)
             cutouts = [
-                _Cutout(group.phrase, Path(sample.image_path), j, rle)
+                _Cutout(group.phrase, sample.image_path, j, rle)
                 for sample in result.samples
                 for group in sample.phrases
                 if group.phrase in allowed and group.masks is not None
@@ -139,7 +139,7 @@ class CopyPasteSource:
             self._cutouts = cutouts
         return self._cutouts
 
-    def _source_pixels(self, path: Path) -> np.ndarray:
+    def _source_pixels(self, path: Path | str) -> np.ndarray:
         key = str(path)
         if key in self._cache:
             self._cache.move_to_end(key)

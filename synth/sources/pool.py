@@ -6,24 +6,31 @@ decoded); `produce` decodes each image (EXIF orientation applied, RGB). A file w
 file as stored is handed on as `file=` (the run links or copies it instead of re-encoding); a missing, empty or
 undecodable image becomes a `SourceSkip` whose reason names the path.
 
-Tasks are {"key", "path"} for files and {"key", "tar", "member"} for tar members; paths are absolute.
+Tasks are {"key", "path"} for files and {"key", "tar", "member"} for tar members; paths are absolute. Any of
+`folder`, `glob`, `list_file`, a tar shard or a list file's entry may be an fsspec URL (`s3://bucket/photos`,
+`file:///data/x.tar`; see `sam3_model.storage`): it is listed and read through fsspec, and its tasks carry URLs,
+spelt as the config spells the root; a remote image that equals its stored pixels is handed on with its bytes
+(`data=`), which the run writes into its folder as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import glob as globlib
 import hashlib
 import io
 import os
 import re
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image, ImageOps
 
+from sam3_model import storage
 from sam3_model.configs import PATH
 from sam3_model.errors import ConfigError, ImageError
 
@@ -32,11 +39,12 @@ from .base import ProducedImage, SourceSkip, Task
 DEFAULT_EXTENSIONS = [".jpg", ".jpeg", ".png", ".webp", ".bmp"]
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _ORIENTATION = 0x0112  # EXIF tag
+T = TypeVar("T")
 
 
 @dataclass
 class PoolConfig:
-    """Where the pool's images are: at least one of `folder`, `glob`, `list_file`, `tars`."""
+    """Where the pool's images are: at least one of `folder`, `glob`, `list_file`, `tars` (local, or fsspec URLs)."""
 
     folder: str | None = field(default=None, metadata=PATH)  # a folder of images (subfolders too when `recursive`)
     glob: str | None = field(default=None, metadata=PATH)  # a glob pattern, "**" matching any depth
@@ -81,13 +89,13 @@ def _short_hash(*parts: str) -> str:
 
 
 def file_key(path: str) -> str:
-    """A stable, file-name-safe key of an image file: its stem and a short hash of the absolute path."""
-    return f"{_safe(Path(path).stem)}-{_short_hash(path)}"
+    """A stable, file-name-safe key of an image file: its stem and a short hash of the absolute path (or URL)."""
+    return f"{_safe(Path(storage.name_of(path)).stem)}-{_short_hash(path)}"
 
 
 def member_key(tar: str, member: str) -> str:
     """A stable, file-name-safe key of a tar member: shard stem, member stem and a hash of both."""
-    shard = Path(tar).name
+    shard = storage.name_of(tar)
     for suffix in TAR_SUFFIXES:
         if shard.lower().endswith(suffix):
             shard = shard[: -len(suffix)]
@@ -95,12 +103,79 @@ def member_key(tar: str, member: str) -> str:
     return f"{_safe(shard, 24)}.{_safe(Path(member).stem)}-{_short_hash(tar, member)}"
 
 
+@contextlib.contextmanager
+def _open_tar(tar: str) -> Iterator[tarfile.TarFile]:
+    """A tar shard (a local path or a URL) opened for reading, compression detected."""
+    if not storage.is_url(tar):
+        with tarfile.open(tar, "r:*") as archive:
+            yield archive
+        return
+    with storage.open_binary(tar) as handle, tarfile.open(fileobj=handle, mode="r:*") as archive:
+        yield archive
+
+
 def _tar_members(tar: str, extensions: Sequence[str]) -> list[str]:
     try:
-        with tarfile.open(tar, "r:*") as archive:
+        with _open_tar(tar) as archive:
             return [m.name for m in archive.getmembers() if m.isfile() and _has_extension(m.name, extensions)]
     except (OSError, tarfile.TarError, EOFError) as err:
         raise ConfigError(f"pool: cannot read tar shard {tar} ({type(err).__name__}: {err})") from None
+
+
+def _remote(what: str, url: str, call: Callable[[], T]) -> T:
+    """`call()` on a URL; its failure (unreachable, refused) a one-line `ConfigError` naming `what` and the URL."""
+    try:
+        return call()
+    except OSError as err:  # storage turns every driver's failure into one
+        raise ConfigError(f"pool: cannot read {what} {url} ({type(err).__name__}: {err})") from None
+
+
+def _folder_files(folder: str, recursive: bool, extensions: Sequence[str]) -> list[str]:
+    """The image files of a folder (or folder URL), absolute paths or URLs."""
+    if storage.is_url(folder):
+        if not _remote("folder", folder, lambda: storage.is_dir(folder)):
+            raise ConfigError(f"pool: folder {folder} does not exist or is not a folder")
+        found = _remote("folder", folder, lambda: storage.list_files(folder, recursive))
+        return [url for url in found if _has_extension(storage.name_of(url), extensions)]
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"pool: folder {folder} does not exist or is not a folder")
+    walk = root.rglob("*") if recursive else root.glob("*")
+    return [os.path.abspath(p) for p in walk if p.is_file() and _has_extension(p.name, extensions)]
+
+
+def _glob_files(pattern: str, extensions: Sequence[str]) -> list[str]:
+    """The image files a glob pattern (or URL pattern) matches, absolute paths or URLs."""
+    if storage.is_url(pattern):
+        found = _remote("glob", pattern, lambda: storage.glob_files(pattern))
+        return [url for url in found if _has_extension(url, extensions)]
+    return [os.path.abspath(p) for p in globlib.glob(pattern, recursive=True)
+            if os.path.isfile(p) and _has_extension(p, extensions)]
+
+
+def _listed_files(list_file: str) -> list[str]:
+    """The entries of a list file (or list file URL), whatever their ending: relative ones against its folder, URLs
+    as they are."""
+    try:
+        lines = storage.read_bytes(list_file).decode("utf-8").splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"pool: list file {list_file} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"pool: cannot read list file {list_file} "
+                          f"({getattr(err, 'strerror', None) or err})") from None
+    folder = storage.parent(list_file)
+    files = []
+    for line in lines:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if storage.is_url(entry):
+            files.append(entry)
+        elif storage.is_url(folder) and not os.path.isabs(entry):
+            files.append(str(storage.join(folder, entry)))
+        else:  # a local list file's entry, or an absolute local path in a remote one
+            files.append(os.path.abspath(os.path.join(folder, entry)))
+    return files
 
 
 def list_pool(config: PoolConfig) -> list[Task]:
@@ -112,30 +187,17 @@ def list_pool(config: PoolConfig) -> list[Task]:
     extensions = _normalise_extensions(config.extensions)
     files: set[str] = set()
     if config.folder is not None:
-        root = Path(config.folder)
-        if not root.is_dir():
-            raise ConfigError(f"pool: folder {config.folder} does not exist or is not a folder")
-        walk = root.rglob("*") if config.recursive else root.glob("*")
-        files.update(os.path.abspath(p) for p in walk if p.is_file() and _has_extension(p.name, extensions))
+        files.update(_folder_files(config.folder, config.recursive, extensions))
     if config.glob is not None:
-        files.update(os.path.abspath(p) for p in globlib.glob(config.glob, recursive=True)
-                     if os.path.isfile(p) and _has_extension(p, extensions))
+        files.update(_glob_files(config.glob, extensions))
     if config.list_file is not None:
-        list_path = Path(config.list_file)
-        try:
-            lines = list_path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"pool: cannot read list file {config.list_file} "
-                              f"({getattr(err, 'strerror', None) or err})") from None
-        for line in lines:
-            entry = line.strip()
-            if entry and not entry.startswith("#"):  # listed explicitly: kept whatever its ending; checked later
-                files.add(os.path.abspath(list_path.parent / entry))
+        files.update(_listed_files(config.list_file))
     tasks: list[tuple[tuple[str, str], Task]] = [((f, ""), {"key": file_key(f), "path": f}) for f in files]
     for tar in config.tars:
-        if not os.path.isfile(tar):
+        remote = storage.is_url(tar)
+        if not (_remote("tar shard", tar, functools.partial(storage.is_file, tar)) if remote else os.path.isfile(tar)):
             raise ConfigError(f"pool: tar shard {tar} does not exist")
-        shard = os.path.abspath(tar)
+        shard = tar if remote else os.path.abspath(tar)
         tasks.extend(((shard, m), {"key": member_key(shard, m), "tar": shard, "member": m})
                      for m in _tar_members(shard, extensions))
     tasks.sort(key=lambda item: item[0])
@@ -173,34 +235,49 @@ def open_pool_image(task: Task, archive: tarfile.TarFile | None = None) -> tuple
 
     `archive`: the task's tar shard already open (saves re-opening it for each member).
     """
+    image, as_stored, _ = _open_pool_image(task, archive)
+    return image, as_stored
+
+
+def _open_pool_image(task: Task, archive: tarfile.TarFile | None = None) -> tuple[Image.Image, bool, bytes | None]:
+    """`open_pool_image`, and the stored bytes of an image read from a URL (None for local files and members)."""
     where = describe_task(task)
     try:
         if "tar" in task:
             if archive is None:
-                with tarfile.open(task["tar"], "r:*") as opened:
-                    data = _read_member(opened, task["member"])
+                with _open_tar(task["tar"]) as opened:
+                    data = _read_member(opened, task["tar"], task["member"])
             else:
-                data = _read_member(archive, task["member"])
+                data = _read_member(archive, task["tar"], task["member"])
             if not data:
                 raise ImageError(f"{where}: cannot decode (empty member)")
             image, _ = _decode(io.BytesIO(data))
-            return image, False
+            return image, False, None
         path = task["path"]
+        if storage.is_url(path):
+            try:
+                data = storage.read_bytes(path)
+            except FileNotFoundError:
+                raise ImageError(f"{where}: cannot decode (file not found)") from None
+            if not data:
+                raise ImageError(f"{where}: cannot decode (empty file)")
+            image, as_stored = _decode(io.BytesIO(data))
+            return image, as_stored, data
         if not os.path.exists(path):
             raise ImageError(f"{where}: cannot decode (file not found)")
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             raise ImageError(f"{where}: cannot decode (empty file)")
-        return _decode(path)
-    except ImageError:
+        return (*_decode(path), None)
+    except (ImageError, ConfigError):  # a ConfigError: no driver for the URL's protocol, not a bad image
         raise
     except Exception as err:  # noqa: BLE001 (PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...)
         raise ImageError(f"{where}: cannot decode ({type(err).__name__}: {err})") from None
 
 
-def _read_member(archive: tarfile.TarFile, member: str) -> bytes:
+def _read_member(archive: tarfile.TarFile, tar: str, member: str) -> bytes:
     handle = archive.extractfile(member)
     if handle is None:
-        raise ImageError(f"{archive.name}::{member}: cannot decode (not a regular file)")
+        raise ImageError(f"{tar}::{member}: cannot decode (not a regular file)")
     with handle:
         return handle.read()
 
@@ -228,25 +305,24 @@ class PoolSource:
         """Decode each task's image; an unreadable one becomes a `SourceSkip` naming its path."""
         archives: dict[str, tarfile.TarFile | None] = {}
         results: list[ProducedImage | SourceSkip] = []
-        try:
+        with contextlib.ExitStack() as stack:
             for task in tasks:
                 archive = None
                 if "tar" in task:
                     if task["tar"] not in archives:
                         try:
-                            archives[task["tar"]] = tarfile.open(task["tar"], "r:*")
+                            archives[task["tar"]] = stack.enter_context(_open_tar(task["tar"]))
                         except Exception:  # noqa: BLE001 (reported per member by open_pool_image)
                             archives[task["tar"]] = None
                     archive = archives[task["tar"]]
                 try:
-                    image, as_stored = open_pool_image(task, archive)
+                    image, as_stored, data = _open_pool_image(task, archive)
                 except ImageError as err:
                     results.append(SourceSkip(task["key"], str(err)))
                     continue
-                file = Path(task["path"]) if as_stored and "path" in task else None
-                results.append(ProducedImage(task["key"], image, pool_provenance(task), file=file))
-        finally:
-            for archive in archives.values():
-                if archive is not None:
-                    archive.close()
+                file: Path | str | None = None
+                if as_stored and "path" in task:  # a URL stays text; its bytes go with it
+                    file = task["path"] if storage.is_url(task["path"]) else Path(task["path"])
+                results.append(ProducedImage(task["key"], image, pool_provenance(task), file=file,
+                                             data=data if file is not None else None))
         return results
