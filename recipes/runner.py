@@ -38,10 +38,10 @@ from .config import RecipeConfig
 from .data import Dataset, general_datasets, materialise, run_synth, train_verifier, verifier_report, verify_config
 from .jobs import GENERAL_TEST_SET, TEST_SET, TrainJob, read_result, run_job
 from .evidence import Evidence
+from .sweep import planned_runs
 from .results import (add_report_columns, best_group, group_rows, results_markdown, scaling_plot, tradeoff_plot,
                       write_csv)
 
-PSEUDO_LABELLED = ("pl", "syn", "syn+hq", "gen")  # the arms a new data-engine round retrains
 SEMANTIC_VERIFIERS = {"crop_classifier", "clip", "vlm", "agreement"}  # judge what a mask shows, not its shape
 
 
@@ -64,11 +64,6 @@ def _versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "lightning": lightning.__version__}
-
-
-def run_name(arm: str, mix: str, size: int, seed: int, round_: int = 1) -> str:
-    """The folder of one run: "syn-n200-s0", "syn+general-n200-s0", "syn-n200-s0-r2" (round 2)."""
-    return f"{arm}{'' if mix == 'none' else '+' + mix}-n{size}-s{seed}{'' if round_ == 1 else f'-r{round_}'}"
 
 
 class RecipeRun:
@@ -140,31 +135,25 @@ class RecipeRun:
                       general_test=general_test, settings=r.train, tracking=r.tracking, recipe=r.name,
                       progress=self.progress, round=round_)
         jobs = []
-        if "zero-shot" in r.arms and round_ == 1:
-            jobs.append(TrainJob(name="zero-shot", arm="zero-shot", mix="none", size=0, seed=r.seeds[0],
-                                 out_dir=str(self.out / "runs" / "zero-shot"), **common))
-        for arm in r.trained_arms:
-            if round_ > 1 and arm not in PSEUDO_LABELLED:
+        for run in planned_runs(r, round_):
+            if not run.trains:
+                jobs.append(TrainJob(name=run.name, arm=run.arm, mix=run.mix, size=0, seed=run.seed,
+                                     out_dir=str(self.out / "runs" / run.name), **common))
                 continue
-            for mix in r.mixes:
-                for size in r.sizes:
-                    for seed in r.seeds:
-                        if arm == "syn+hq":
-                            half = size // 2
-                            domain = [datasets["syn"].spec(name="syn", max_images=size - half, weight=0.5,
-                                                           max_negatives=neg),
-                                      datasets["hq"].spec(name="hq", max_images=max(1, half), weight=0.5,
-                                                          max_negatives=neg, phrases=phrases)]
-                        else:
-                            domain = [datasets[arm].spec(name=arm, max_images=size, max_negatives=neg,
-                                                         phrases=phrases)]
-                        train = list(domain)
-                        if mix == "general":  # 1:1: general data gets as many draws as the domain data together
-                            train.append(datasets["general"].spec(name="general", weight=1.0, max_negatives=neg))
-                        name = run_name(arm, mix, size, seed, round_)
-                        jobs.append(TrainJob(name=name, arm=arm, mix=mix, size=size, seed=seed,
-                                             out_dir=str(self.out / "runs" / name), train_data=train,
-                                             domain_data=[d.name for d in domain], **common))
+            size = run.size
+            if run.arm == "syn+hq":
+                half = size // 2
+                domain = [datasets["syn"].spec(name="syn", max_images=size - half, weight=0.5, max_negatives=neg),
+                          datasets["hq"].spec(name="hq", max_images=max(1, half), weight=0.5, max_negatives=neg,
+                                              phrases=phrases)]
+            else:
+                domain = [datasets[run.arm].spec(name=run.arm, max_images=size, max_negatives=neg, phrases=phrases)]
+            train = list(domain)
+            if run.mix == "general":  # 1:1: general data gets as many draws as the domain data together
+                train.append(datasets["general"].spec(name="general", weight=1.0, max_negatives=neg))
+            jobs.append(TrainJob(name=run.name, arm=run.arm, mix=run.mix, size=size, seed=run.seed,
+                                 out_dir=str(self.out / "runs" / run.name), train_data=train,
+                                 domain_data=[d.name for d in domain], **common))
         return jobs
 
     def train(self, jobs: list[TrainJob]) -> list[dict[str, Any]] | None:

@@ -60,6 +60,22 @@ def check(config: RecipeConfig) -> int:
     return EXIT_MISSING if any(f.fatal for f in findings) else 0
 
 
+def plan(config: RecipeConfig, out: Path | None = None, step_times: Path | None = None) -> int:
+    """List every run the recipe would execute, which are finished, and the estimated GPU-hours of the rest.
+
+    Args:
+        out: a run folder of this recipe: its finished runs (and submitted cluster jobs) are marked.
+        step_times: a gpu_suite.json from `python bench/gpu_suite.py` on your GPU (or a step-time table); default:
+            the figures shipped with sam3-adapt (recipes/step_times.json).
+    """
+    from .plan import STEP_TIMES, plan_text, read_step_times
+
+    table = read_step_times(step_times) if step_times is not None else []
+    table += read_step_times(STEP_TIMES)
+    print(plan_text(config, Path(out) if out is not None else None, table))
+    return 0
+
+
 def ls() -> None:
     """List the built-in recipes, with what each adapts to."""
     from sam3_model.configs import read_config_file

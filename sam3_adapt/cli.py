@@ -28,6 +28,8 @@ VERBS: dict[str, Verb | dict[str, Verb]] = {
     "recipe": {
         "run": Verb("recipes.verbs:run", "synth, fine-tune every arm, evaluate, report, export the best", _RECIPE,
                     "recipe"),
+        "plan": Verb("recipes.verbs:plan", "list every run, what is finished, and the GPU-hours of the rest",
+                     _RECIPE, "recipe"),
         "check": Verb("recipes.verbs:check", "say which data are missing and where to get them", _RECIPE, "recipe"),
         "ls": Verb("recipes.verbs:ls", "list the built-in recipes"),
         "cp": Verb("recipes.verbs:cp", "copy a built-in recipe to edit it"),

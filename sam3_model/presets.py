@@ -105,6 +105,23 @@ def build_config(preset: str, image_size: int | None = None) -> Sam3Config:
     return _config_from_spec(PRESET_SPECS[preset], image_size)
 
 
+def _shape(config: dict[str, Any]) -> tuple:
+    """What tells architectures apart: ViT width and depth, decoder width, depth and queries."""
+    backbone = config.get("vision_config", {}).get("backbone_config", {})
+    decoder = config.get("detr_decoder_config", {})
+    return (backbone.get("hidden_size"), backbone.get("num_hidden_layers"), decoder.get("hidden_size"),
+            decoder.get("num_layers"), decoder.get("num_queries"))
+
+
+def matching_preset(config: dict[str, Any]) -> str | None:
+    """The preset whose architecture a model's config.json (as a mapping) has, ignoring resolution; else None."""
+    shape = _shape(config)
+    for preset in PRESETS:
+        if _shape(build_config(preset).to_dict()) == shape:
+            return preset
+    return None
+
+
 def is_explicit_path(source: str) -> bool:
     """Whether `source` can only be a path (./x, ../x, /x, ~/x, or with a backslash), never a preset or Hub id."""
     return source.startswith(("/", "./", "../", "~", ".\\")) or "\\" in source
