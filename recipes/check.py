@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from sam3_model import storage
+from sam3_model.errors import Sam3AdaptError
 from sam3_model.presets import PRESETS
 
 from .config import DataRef, ImagesRef, RecipeConfig
@@ -72,17 +76,31 @@ def check_data(key: str, ref: DataRef | None) -> list[Finding]:
         return []
     found = []
     if ref.path is not None:
-        if not Path(ref.path).is_file():
-            found.append(Finding(key, f"annotation file {ref.path} not found", ref.get))
-        if ref.images and not Path(ref.images).is_dir():
-            found.append(Finding(f"{key}.images", f"image folder {ref.images} not found", ref.get))
+        if (problem := _missing(storage.is_file, ref.path)) is not None:
+            found.append(Finding(key, f"annotation file {ref.path} {problem}", ref.get))
+        if ref.images and (problem := _missing(storage.is_dir, ref.images)) is not None:
+            found.append(Finding(f"{key}.images", f"image folder {ref.images} {problem}", ref.get))
     if isinstance(ref.ontology, str):
         found += _check_file(f"{key}.ontology", ref.ontology, "")
     return found
 
 
 def _check_file(key: str, value: str, get: str) -> list[Finding]:
-    return [] if Path(value).exists() else [Finding(key, f"{value} not found", get)]
+    problem = _missing(storage.exists, value)
+    return [] if problem is None else [Finding(key, f"{value} {problem}", get)]
+
+
+def _glob(pattern: str) -> list[str]:
+    """The files a local or URL glob pattern matches."""
+    return storage.glob_files(pattern) if storage.is_url(pattern) else globlib.glob(pattern, recursive=True)
+
+
+def _missing(test: Callable[[str], Any], value: str) -> str | None:
+    """None when `test(value)` holds (a local path or an fsspec URL); else what is wrong, as words."""
+    try:
+        return None if test(value) else "not found"
+    except (OSError, Sam3AdaptError) as error:  # an unreachable store, a missing fsspec driver
+        return f"cannot be read ({error})"
 
 
 def check_images(key: str, ref: ImagesRef | None) -> list[Finding]:
@@ -92,10 +110,11 @@ def check_images(key: str, ref: ImagesRef | None) -> list[Finding]:
     source = ref.source
     found: list[Finding] = []
     pool = source.pool
-    if pool is not None and pool.folder and not Path(pool.folder).is_dir():
-        found.append(Finding(f"{key}.pool.folder", f"image folder {pool.folder} not found", ref.get))
-    if pool is not None and pool.glob and not globlib.glob(pool.glob, recursive=True):
-        found.append(Finding(f"{key}.pool.glob", f"no image matches {pool.glob}", ref.get))
+    if pool is not None and pool.folder and (problem := _missing(storage.is_dir, pool.folder)) is not None:
+        found.append(Finding(f"{key}.pool.folder", f"image folder {pool.folder} {problem}", ref.get))
+    if pool is not None and pool.glob and (problem := _missing(_glob, pool.glob)) is not None:
+        found.append(Finding(f"{key}.pool.glob", "no image matches " + pool.glob
+                             + ("" if problem == "not found" else f": it {problem}"), ref.get))
     if pool is not None and pool.list_file:
         found += _check_file(f"{key}.pool.list_file", pool.list_file, ref.get)
     if source.copy_paste is not None:

@@ -221,3 +221,22 @@ def test_a_missing_remote_image_is_a_dataset_problem_naming_its_url(memory, tmp_
     assert len(result.samples) == 1 and len(result.problems) == 1
     assert "memory://coco/images/img001.png" in str(result.problems[0])
     assert "image file not found" in str(result.problems[0])
+
+
+def test_recipe_check_accepts_url_pools_and_image_roots_and_names_missing_ones(memory, pool: Path) -> None:
+    """`recipe run` checks its inputs first: URLs are looked up through fsspec, not as local paths."""
+    from recipes.check import check_recipe
+    from recipes.config import load_recipe
+
+    _upload(memory, pool, "/bucket/pool")
+    memory.pipe("/bucket/coco/train.json", b"{}")
+    there = {"pool": {"source": {"pool": {"folder": "memory://bucket/pool"}}},
+             "hq": {"train": {"path": "memory://bucket/coco/train.json", "images": "memory://bucket/pool"}}}
+    keys = {f.key for f in check_recipe(load_recipe("food", there))}
+    assert not keys & {"pool.source.pool.folder", "hq.train", "hq.train.images"}
+    gone = {"pool": {"source": {"pool": {"glob": "memory://bucket/none/*.jpg"}}},
+            "hq": {"train": {"path": "memory://bucket/coco/missing.json", "images": "s3://bucket/images"}}}
+    lines = {f.key: f.line() for f in check_recipe(load_recipe("food", gone))}
+    assert "no image matches memory://bucket/none/*.jpg" in lines["pool.source.pool.glob"]
+    assert "annotation file memory://bucket/coco/missing.json not found" in lines["hq.train"]
+    assert "pip install s3fs" in lines["hq.train.images"]  # no driver here: said, not a traceback
