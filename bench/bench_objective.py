@@ -319,7 +319,8 @@ def synthetic_step(shapes: dict, targets, criteria, clock, autocast, dtype, devi
     return {name: time_objective(c, leaf_outputs, leaves, targets, clock, autocast) for name, c in criteria.items()}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
+    """This script's command line (bench/gpu_suite.py parses its defaults to time the objective's share)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="sam3-random", help="sam3-random (released architecture, random weights), small, tiny")
@@ -347,7 +348,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
