@@ -8,6 +8,9 @@ so Lightning puts them on the rank's device; the strategies are those of trainin
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +18,10 @@ import lightning as L
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from adapt.training.trainer import build_trainer, quiet_lightning
+from adapt.training.trainer import build_trainer, processes_started_externally, quiet_lightning
+
+from sam3_model.atomic import atomic_write_text
+from sam3_model.errors import ConfigError
 
 from .shards import RunDir
 from .stages import Stage
@@ -44,6 +50,7 @@ class ShardPredictor(L.LightningModule):
 
     def on_predict_start(self) -> None:
         self.stage.setup(str(self.device))
+        self.made: list[int] = []
 
     def predict_step(self, shard_id: int, batch_idx: int = 0) -> int:
         shard_id = int(shard_id)
@@ -51,7 +58,16 @@ class ShardPredictor(L.LightningModule):
             return 0
         records = self.stage.process(self.read_input(shard_id))
         self.run_dir.write_shard(self.stage.name, shard_id, records)
+        self.made.append(shard_id)
         return len(records)
+
+    def on_predict_end(self) -> None:
+        """Which shards this rank made (stages/<stage>/ranks/<rank>.json): where to look when one rank misbehaved."""
+        t = self.trainer
+        note = {"rank": t.global_rank, "world_size": t.world_size, "host": socket.gethostname(), "pid": os.getpid(),
+                "device": str(self.device), "shards": self.made}
+        atomic_write_text(self.run_dir.stage_dir(self.stage.name) / "ranks" / f"{t.global_rank}.json",
+                          json.dumps(note) + "\n")
 
 
 
@@ -71,8 +87,16 @@ def run_stage(
     pending = run_dir.pending(stage.name, num_shards)
     if not pending:
         return 0
+    external = processes_started_externally()
+    if int(num_nodes) > 1 and not external:
+        raise ConfigError(f"num_nodes {num_nodes}: ranks on several nodes are started by the cluster, e.g. "
+                          f"`srun --nodes {num_nodes} --ntasks-per-node <devices> sam3-adapt synth run ...` (in a "
+                          "recipe, train.launcher: slurm submits the data engine that way)")
     with quiet_lightning():
-        trainer = build_trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+        # Several devices: ranks are spawned from this process (never by re-running the command, which inside a
+        # recipe would re-run the whole recipe), unless torchrun or srun started the ranks already.
+        trainer = build_trainer(spawn=not external, accelerator=accelerator, devices=devices,
+                                num_nodes=num_nodes, strategy=strategy,
                                 precision="32-true", logger=False, enable_checkpointing=False, quiet=True,
                                 enable_progress_bar=progress, use_distributed_sampler=True,
                                 progress={"predict_stage": stage.name, "predict_unit": "shards"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +41,16 @@ def num_devices(devices: Any, accelerator: Any) -> int:
     if "," in text:
         return len([d for d in text.split(",") if d.strip()])
     return int(text) if text.isdigit() else 1
+
+
+def processes_started_externally() -> bool:
+    """Whether a launcher (torchrun, or srun with several tasks) started this process as one rank of several, so
+    Lightning must not start more (and a caller must not spawn its own)."""
+    if "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
+        return True
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return SLURMEnvironment.detect() and int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
 def select_strategy(strategy: Any, devices: Any, accelerator: Any, num_nodes: Any, spawn: bool = False) -> Any:
@@ -90,6 +101,11 @@ def build_trainer(*, spawn: bool = False, quiet: bool = False, progress: dict[st
     quiet_wandb_loggers(settings.get("logger"))
     settings["strategy"] = select_strategy(settings.get("strategy"), settings.get("devices", "auto"),
                                            settings.get("accelerator", "auto"), settings.get("num_nodes", 1), spawn)
+    if "spawn" in str(settings["strategy"]) and not processes_started_externally():
+        from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+        if SLURMEnvironment.detect():  # one SLURM task spawning its GPUs' ranks (a sweep's task with several GPUs):
+            settings.setdefault("plugins", [LightningEnvironment()])  # not SLURM's one-task-per-device layout
     if quiet:
         settings.setdefault("enable_model_summary", False)
         with quiet_lightning():
