@@ -35,6 +35,7 @@ class StepTime:
     device: str  # "gpu" or "cpu"
     device_name: str
     source: str  # the command (and document) that measured it
+    shipped: bool = False  # one of sam3-adapt's own figures (a user's measurement ranks before it)
 
     @property
     def seconds_per_image(self) -> float:
@@ -62,7 +63,7 @@ def read_step_times(path: str | os.PathLike[str]) -> list[StepTime]:
     if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
         raise ConfigError(f"{path}: not a step-time table ({{\"entries\": [...]}}) nor a gpu_suite.json")
     try:
-        return [StepTime(**entry) for entry in data["entries"]]
+        return [StepTime(**entry, shipped=Path(path) == STEP_TIMES) for entry in data["entries"]]
     except TypeError as error:
         raise ConfigError(f"{path}: a step-time entry is malformed ({error})") from None
 
@@ -106,8 +107,9 @@ def architecture_of(base_model: str) -> str:
 
 
 def choose_step_time(recipe: RecipeConfig, table: list[StepTime]) -> tuple[StepTime | None, list[str]]:
-    """The best figure for the recipe's training: its architecture, a GPU figure before a CPU one, its mode and
-    resolution before others, the nearest batch; with what differs from the recipe, as caveats."""
+    """The best figure for the recipe's training: its architecture, the recipe's device (GPU unless it trains on a
+    CPU), the user's own measurement before a shipped one, its mode and resolution, the nearest batch; with what
+    differs from the recipe, as caveats."""
     t = recipe.train
     architecture = architecture_of(recipe.base_model)
     candidates = [e for e in table if e.architecture == architecture]
@@ -117,7 +119,8 @@ def choose_step_time(recipe: RecipeConfig, table: list[StepTime]) -> tuple[StepT
     wanted = "cpu" if t.accelerator == "cpu" else "gpu"
 
     def rank(e: StepTime) -> tuple:
-        return (e.device != wanted, e.mode != t.trainable.mode, e.image_size != size, abs(e.batch_size - t.batch_size))
+        return (e.device != wanted, e.shipped, e.mode != t.trainable.mode, e.image_size != size,
+                abs(e.batch_size - t.batch_size))
 
     chosen = min(candidates, key=rank)
     caveats = []

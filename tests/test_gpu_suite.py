@@ -150,3 +150,24 @@ def test_peak_flops_table():
     peak, reason = gpu_suite.peak_bf16_flops(cuda, "Some Future GPU")
     assert peak is None and "unknown device" in reason
     assert gpu_suite.peak_bf16_flops(torch.device("cpu"), "AMD EPYC")[0] is None
+
+
+def test_recipe_plan_estimates_from_a_suite_result(suite, tmp_path):
+    """The suite's JSON is what `recipe plan --step_times` reads: its fastest step per mode and batch, ranked before
+    the shipped figures."""
+    from recipes.config import load_recipe
+    from recipes.plan import STEP_TIMES, plan_text, read_step_times
+
+    report, _, _ = suite
+    path = tmp_path / "gpu_suite.json"
+    path.write_text(json.dumps(report))
+    entries = read_step_times(path)
+    assert {(e.mode, e.batch_size) for e in entries} == {("full", 1), ("full", 2), ("lora", 1), ("lora", 2)}
+    assert all(e.architecture == "tiny" and e.image_size == 112 and e.device == "cpu" for e in entries)
+    fastest = min((r for r in rows(report, "full") if r["batch"] == 2 and r["status"] == "ok"),
+                  key=lambda r: r["step_s"])
+    assert next(e for e in entries if (e.mode, e.batch_size) == ("full", 2)).seconds_per_step == fastest["step_s"]
+    recipe = load_recipe("demo", {"base_model": "tiny", "train": {"image_size": 112, "batch_size": 2}})
+    text = plan_text(recipe, None, [*entries, *read_step_times(STEP_TIMES)])
+    assert f"from {fastest['step_s']:g} s per step at batch 2, full, 112 px" in text
+    assert "measured by bench/gpu_suite.py" in text
