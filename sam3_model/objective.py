@@ -3,6 +3,7 @@
 For B image-phrase queries, L decoder layers and Q object queries:
 
     num_boxes = max(1, all-reduced instance count / world size)
+    (on N data-parallel ranks, B is the step's query count over all ranks, and per-query means divide by B / N)
     per layer l:  o2o_l = 5 L1 + 2 GIoU + 20 IABCE + 20 presence       (Hungarian matches)
                   o2m_l = 2.0 (5 L1 + 2 GIoU + 20 IABCE)              (one-to-many matches; final layer only,
                                                                         Hungarian on earlier layers)
@@ -49,6 +50,19 @@ def global_num_boxes(targets: ConceptTargets, device: torch.device) -> Tensor:
     return count.clamp(min=1.0)
 
 
+def global_num_queries(num_queries: int, device: torch.device) -> tuple[float, int]:
+    """(image-phrase queries of the whole step, summed over data-parallel ranks; the number of ranks).
+
+    With per-query terms divided by queries / ranks and the loss scaled by sqrt(queries), the ranks' mean loss is
+    the loss one process computes on the whole step's batch, so N ranks train what one process trains.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return float(num_queries), 1
+    count = torch.tensor(float(num_queries), device=device)
+    dist.all_reduce(count)
+    return float(count), dist.get_world_size()
+
+
 class Sam3Criterion:
     """Matches every decoder layer's predictions to the targets and sums the weighted SAM 3 loss terms."""
 
@@ -69,7 +83,7 @@ class Sam3Criterion:
     # Every `loss_*` takes (pred, targets, match, num_boxes, total_queries): per-instance terms divide by
     # `num_boxes` (scalar), per-query terms by `total_queries` (default: this batch's B), as `get_loss` calls them.
     def loss_labels(self, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
-                    num_boxes: Tensor | None = None, total_queries: int | None = None) -> dict[str, Tensor]:
+                    num_boxes: Tensor | None = None, total_queries: float | None = None) -> dict[str, Tensor]:
         """IoU-aware BCE on per-query logits (positive phrases only): {"loss_ce"}, a mean over B x Q.
 
         `num_boxes` is unused (the term is a mean over queries); `total_queries` (default: this batch's B) is the
@@ -96,7 +110,7 @@ class Sam3Criterion:
         return {"loss_ce": per_query.sum() / denominator}
 
     def loss_presence(self, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
-                      num_boxes: Tensor | None = None, total_queries: int | None = None) -> dict[str, Tensor]:
+                      num_boxes: Tensor | None = None, total_queries: float | None = None) -> dict[str, Tensor]:
         """Presence focal BCE (every phrase, target: has an instance): {"loss_presence"}, a mean over B.
 
         Only for predictions with presence logits (o2o). `match` and `num_boxes` are unused; `total_queries`
@@ -113,7 +127,7 @@ class Sam3Criterion:
         return {"loss_presence": presence.sum() / queries}  # (B, 1) -> mean over the batch
 
     def loss_boxes(self, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
-                   num_boxes: Tensor, total_queries: int | None = None) -> dict[str, Tensor]:
+                   num_boxes: Tensor, total_queries: float | None = None) -> dict[str, Tensor]:
         """L1 on cxcywh (summed over coordinates) and 1 - GIoU: {"loss_bbox", "loss_giou"}, sums / num_boxes."""
         src = pred.boxes_cxcywh[match.batch_idx, match.query_idx].float()  # (M, 4) cxcywh, normalised
         tgt = targets.packed_boxes_cxcywh().to(src)[match.target_idx]  # (M, 4) cxcywh, normalised
@@ -125,7 +139,7 @@ class Sam3Criterion:
         }
 
     def loss_masks(self, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
-                   num_boxes: Tensor, total_queries: int | None = None) -> dict[str, Tensor]:
+                   num_boxes: Tensor, total_queries: float | None = None) -> dict[str, Tensor]:
         """Sigmoid focal (mean over pixels) and dice of matched masks: {"loss_mask", "loss_dice"}, sums / num_boxes."""
         c = self.config
         src = pred.masks[match.batch_idx, match.query_idx].float()  # (M, h, w) logits
@@ -143,7 +157,7 @@ class Sam3Criterion:
 
     # ----- assembly -----------------------------------------------------------------------------------------
     def get_loss(self, loss: str, pred: LayerPredictions, targets: ConceptTargets, match: MatchIndices,
-                 num_boxes: Tensor, total_queries: int | None = None) -> dict[str, Tensor]:
+                 num_boxes: Tensor, total_queries: float | None = None) -> dict[str, Tensor]:
         """Unweighted terms of `loss_<loss>` ("labels", "presence", "boxes" or "masks") for one layer of one branch."""
         loss_map = {"labels": self.loss_labels, "presence": self.loss_presence, "boxes": self.loss_boxes,
                     "masks": self.loss_masks}
@@ -172,12 +186,15 @@ class Sam3Criterion:
                 yield "o2m", layer, outputs.o2m[layer], self.o2m_matcher if final else self.matcher, c.o2m_weight
 
     def __call__(self, outputs: DetectorOutputs, targets: ConceptTargets, *, num_boxes: Tensor | None = None,
-                 total_queries: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                 total_queries: float | None = None,
+                 scale_queries: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss (scalar) and every weighted term for logging, keyed like `o2o/loss_ce/layer5`.
 
         For a batch split into phrase chunks, call once per chunk with the whole batch's `num_boxes`
         (`global_num_boxes` of the batch) and `total_queries` (its query count): the chunk losses then sum to
-        the loss of the whole batch.
+        the loss of the whole batch. `scale_queries` (default `total_queries`) is the count whose square root
+        scales the loss: on N data-parallel ranks, the step's query count over all ranks, with `total_queries`
+        that count / N (`global_num_queries`).
         """
         device = outputs.final.logits.device
         targets = targets.to(device)
@@ -194,6 +211,6 @@ class Sam3Criterion:
                     logged[f"{branch}/{term}/layer{layer}"] = weighted.detach()
                     total = total + weighted
         if self.config.scale_by_sqrt_batch:
-            total = total * math.sqrt(total_queries)
+            total = total * math.sqrt(scale_queries or total_queries)
         logged["num_boxes"] = num_boxes.detach()
         return total, logged

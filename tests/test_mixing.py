@@ -60,3 +60,30 @@ def test_default_length_and_determinism():
 def test_bad_weights_raise_config_errors(sizes, weights):
     with pytest.raises(ConfigError):
         MixtureSampler(sizes, weights)
+
+
+def test_rank_shares_interleave_to_the_one_process_draw_and_resume():
+    """N ranks with batch b take, step by step, the draws one process takes with batch N x b."""
+    from torch.utils.data import DistributedSampler
+
+    from adapt.data.mixing import RankShare
+
+    def mixture(epoch: int = 0) -> MixtureSampler:
+        sampler = MixtureSampler([5, 3], [1.0, 2.0], num_samples=12, seed=4, with_seeds=True)
+        sampler.set_epoch(epoch)
+        return sampler
+
+    shares = [RankShare(mixture(), 3, rank) for rank in range(3)]
+    assert all(isinstance(s, DistributedSampler) for s in shares)  # Lightning keeps it, adds no shuffling wrapper
+    drawn = [list(s) for s in shares]
+    assert all(len(d) == len(s) == 4 for d, s in zip(drawn, shares))
+    assert [d for step in zip(*drawn) for d in step] == list(mixture())
+    for share in shares:
+        share.set_epoch(1)
+    epoch1 = [list(s) for s in shares]
+    assert [d for step in zip(*epoch1) for d in step] == list(mixture(1)) != list(mixture())
+    shares[1].skip_next(3)  # resumed after 3 of its draws of epoch 1
+    assert list(shares[1]) == epoch1[1][3:]
+    assert list(shares[1]) == epoch1[1]  # the skip applies to one pass only
+    padded = [list(RankShare(MixtureSampler([5], [1.0], num_samples=5, seed=0), 2, r)) for r in (0, 1)]
+    assert len(padded[0]) == len(padded[1]) == 3 and padded[1][2] == padded[0][0]  # wrapped to equal lengths

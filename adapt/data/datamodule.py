@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from adapt.data.batch import PhraseCollator
 from adapt.data.dataset import PhraseDataset
-from adapt.data.mixing import MixtureSampler, SeededConcatDataset, cap_samples
+from adapt.data.mixing import MixtureSampler, RankShare, SeededConcatDataset, cap_samples
 from adapt.data.problems import resolve_problems
 from adapt.data.readers import read_dataset
 from adapt.data.records import ImageSample
@@ -70,7 +70,7 @@ class ResumableDataLoader(DataLoader):
                 if hasattr(sampler, "set_epoch"):
                     sampler.set_epoch(int(self._epoch()))
         skip, self._to_skip = self._to_skip, 0
-        if skip and isinstance(self.sampler, MixtureSampler) and self.batch_size:
+        if skip and isinstance(self.sampler, (MixtureSampler, RankShare)) and self.batch_size:
             self.sampler.skip_next(skip * self.batch_size)
             skip = 0
         iterator = super().__iter__()
@@ -186,6 +186,10 @@ class Sam3DataModule(L.LightningDataModule):
         datasets = self._datasets["train"]
         sampler = MixtureSampler([len(d) for d in datasets], [s.weight for s in self.train_specs],
                                  num_samples=self.samples_per_epoch, seed=self.seed, with_seeds=True)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            if world > 1:  # each rank its share of one draw sequence: N ranks train what one process trains
+                sampler = RankShare(sampler, world, torch.distributed.get_rank())
         return self._loader(SeededConcatDataset(datasets), sampler=sampler, resumable=True)
 
     def val_dataloader(self) -> list[DataLoader]:

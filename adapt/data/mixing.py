@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
 import numpy as np
-from torch.utils.data import ConcatDataset, Sampler
+from torch.utils.data import ConcatDataset, DistributedSampler, Sampler
 
 from sam3_model.errors import ConfigError
 
@@ -91,6 +91,40 @@ class MixtureSampler(Sampler[int]):
             return iter(indices[skip:].tolist())
         seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(0, 2**63 - 1, self.num_samples)  # (N,)
         return zip(indices[skip:].tolist(), seeds[skip:].tolist())
+
+
+class RankShare(DistributedSampler):
+    """One rank's share of a sampler's draws: every `num_replicas`-th draw from position `rank` (the pass padded by
+    wrapping to a multiple of the ranks), so the ranks' batches of one step together are the batch one process
+    takes at the same global batch, in the same order, and a run on N ranks trains what one process trains.
+
+    It is a `DistributedSampler`, so Lightning uses it as it is instead of wrapping the sampler in one that
+    reshuffles its draws (which Lightning always does for training).
+    """
+
+    def __init__(self, sampler: MixtureSampler, num_replicas: int, rank: int) -> None:  # noqa: D107 - no dataset
+        self.sampler, self.num_replicas, self.rank = sampler, int(num_replicas), int(rank)
+        self.num_samples = -(-len(sampler) // self.num_replicas)  # draws per rank and pass
+        self.total_size = self.num_samples * self.num_replicas
+        self.epoch, self._skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the draw of `epoch` (the same on every rank)."""
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def skip_next(self, draws: int) -> None:
+        """Make this rank's next pass start after its first `draws` draws (resuming mid-epoch)."""
+        self._skip = max(0, int(draws))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator:
+        draws = list(self.sampler)
+        draws += draws[: self.total_size - len(draws)]
+        skip, self._skip = self._skip, 0
+        return iter(draws[self.rank : self.total_size : self.num_replicas][skip:])
 
 
 class SeededConcatDataset(ConcatDataset):

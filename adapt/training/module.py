@@ -33,7 +33,7 @@ from sam3_model.dac import enable_dac
 from sam3_model.detector import DetectorOutputs, run_detector
 from sam3_model.errors import ConfigError
 from sam3_model.loading import DEFAULT_HUB_ID, load_model
-from sam3_model.objective import ObjectiveConfig, Sam3Criterion, global_num_boxes
+from sam3_model.objective import ObjectiveConfig, Sam3Criterion, global_num_boxes, global_num_queries
 from sam3_model.presets import input_size
 
 
@@ -166,6 +166,7 @@ class Sam3FineTuner(L.LightningModule):
         """The objective of one batch, summed over phrase chunks, and every logged term."""
         vision = self.model.get_vision_features(pixel_values=batch.pixel_values)
         num_boxes = global_num_boxes(batch.targets, batch.pixel_values.device)
+        queries, ranks = global_num_queries(batch.num_queries, batch.pixel_values.device)
         chunks = self._chunks(batch.num_queries)
         total = batch.pixel_values.new_zeros((), dtype=torch.float32)
         logged: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=batch.pixel_values.device))
@@ -177,7 +178,8 @@ class Sam3FineTuner(L.LightningModule):
                                                    fpn_hidden_states=tuple(features[1 : 1 + n]),
                                                    fpn_position_encoding=tuple(features[1 + n :]))
             outputs = self._detect(chunk_vision, ids, mask, index)
-            return self.criterion(outputs, targets, num_boxes=num_boxes, total_queries=batch.num_queries)
+            return self.criterion(outputs, targets, num_boxes=num_boxes, total_queries=queries / ranks,
+                                  scale_queries=queries)
 
         features = (vision.last_hidden_state, *vision.fpn_hidden_states, *vision.fpn_position_encoding)
         for start, stop in chunks:
@@ -224,12 +226,14 @@ class Sam3FineTuner(L.LightningModule):
         """Loss, and predictions of every query mapped back to the original image (one detector pass per chunk)."""
         vision = self.model.get_vision_features(pixel_values=batch.pixel_values)
         num_boxes = global_num_boxes(batch.targets, batch.pixel_values.device)
+        queries, ranks = global_num_queries(batch.num_queries, batch.pixel_values.device)
         v = self.validation_config
         loss = batch.pixel_values.new_zeros((), dtype=torch.float32)
         for start, stop in self._chunks(batch.num_queries):
             ids, mask, index, targets = batch.query_slice(start, stop)
             outputs = self._detect(vision, ids, mask, index)
-            loss = loss + self.criterion(outputs, targets, num_boxes=num_boxes, total_queries=batch.num_queries)[0]
+            loss = loss + self.criterion(outputs, targets, num_boxes=num_boxes, total_queries=queries / ranks,
+                                         scale_queries=queries)[0]
             final = outputs.final
             self._val_predictions += query_predictions(
                 final.logits, final.presence_logits, final.boxes_xyxy, final.masks, index, batch.phrases[start:stop],
