@@ -113,13 +113,27 @@ def fit_config(job: TrainJob) -> dict[str, Any]:
     return {"seed_everything": job.seed, "model": model_config(job), "data": data_config(job), "trainer": trainer}
 
 
-def _module(job: TrainJob) -> Any:
+def _module(job: TrainJob, memory: Any = None) -> Any:
+    """The job's Sam3FineTuner (with `memory`, a rung of the out-of-memory ladder: its checkpointing and chunk)."""
+    from dataclasses import replace
+
     from adapt.training.module import Sam3FineTuner
 
     s = job.settings
-    return Sam3FineTuner(model=job.base_model, trainable=s.trainable, objective=s.objective, optimizer=s.optimizer,
-                         schedule=s.schedule, validation=s.validation, phrase_chunk_size=s.phrase_chunk_size,
+    trainable = s.trainable if memory is None else replace(s.trainable,
+                                                           activation_checkpointing=memory.activation_checkpointing)
+    return Sam3FineTuner(model=job.base_model, trainable=trainable, objective=s.objective, optimizer=s.optimizer,
+                         schedule=s.schedule, validation=s.validation,
+                         phrase_chunk_size=s.phrase_chunk_size if memory is None else memory.phrase_chunk_size,
                          image_size=s.image_size, seed=job.seed)
+
+
+def _data(job: TrainJob, batch_size: int) -> Any:
+    from adapt.data.datamodule import Sam3DataModule
+
+    s = job.settings
+    return Sam3DataModule(train=job.train_data or None, val=job.eval_sets(), batch_size=batch_size,
+                          num_workers=s.num_workers, augment=s.augment, seed=job.seed)
 
 
 def run_job(job: TrainJob) -> dict[str, Any]:
@@ -142,7 +156,6 @@ def run_job(job: TrainJob) -> dict[str, Any]:
 def _run_job(job: TrainJob) -> dict[str, Any]:
     import lightning as L
 
-    from adapt.data.datamodule import Sam3DataModule
     from sam3_model.export import export_adapter, export_merged
     from sam3_model.model_card import ModelCardInfo
 
@@ -151,19 +164,33 @@ def _run_job(job: TrainJob) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if job.train_data:
         atomic_write_text(out / "fit.yaml", yaml.safe_dump(fit_config(job), sort_keys=False))
-    L.seed_everything(job.seed, workers=True, verbose=False)
-    module = _module(job)
-    data = Sam3DataModule(train=job.train_data or None, val=job.eval_sets(), batch_size=s.batch_size,
-                          num_workers=s.num_workers, augment=s.augment, seed=job.seed)
     logger = _logger(job)
     settings = trainer_config(job)
     seconds, steps = 0.0, 0
     if job.train_data:
-        trainer = build_trainer(spawn=True, quiet=True, default_root_dir=str(out), logger=logger, **settings,
-                                enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0)
+        from adapt.training.memory import MemorySettings, recover_from_oom, write_report
+        from sam3_model.notices import notice
+
+        def attempt(memory: MemorySettings) -> tuple[Any, Any, Any]:
+            """A fresh training at one rung of the out-of-memory ladder (the first: the recipe's settings)."""
+            L.seed_everything(job.seed, workers=True, verbose=False)
+            module, data = _module(job, memory), _data(job, memory.batch_size)
+            trainer = build_trainer(spawn=True, quiet=True, default_root_dir=str(out), logger=logger, **settings,
+                                    accumulate_grad_batches=memory.accumulate_grad_batches,
+                                    enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0)
+            trainer.fit(module, datamodule=data)
+            return module, data, trainer
+
         start = time.perf_counter()
-        trainer.fit(module, datamodule=data)
+        (module, data, trainer), ladder = recover_from_oom(
+            attempt, lambda line: notice(f"{job.name}: {line}"),
+            start=MemorySettings(s.batch_size, 1, s.trainable.activation_checkpointing, s.phrase_chunk_size))
         seconds, steps = time.perf_counter() - start, int(trainer.global_step)
+        if len(ladder) > 1:
+            write_report(out, {"ladder": ladder})
+    else:
+        L.seed_everything(job.seed, workers=True, verbose=False)
+        module, data = _module(job), _data(job, s.batch_size)
     evaluation = {k: v for k, v in settings.items() if k not in ("max_steps", "max_time", "log_every_n_steps")}
     evaluator = build_trainer(spawn=True, quiet=True, default_root_dir=str(out), logger=logger,
                               **{**evaluation, "devices": 1 if s.accelerator == "cpu" else s.devices})

@@ -47,3 +47,16 @@ class SignalAtStep(L.Callback):
 
         if trainer.global_step == self.step:
             os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+class OutOfMemoryAbove(L.Callback):
+    """Raise CUDA's out-of-memory error at a training step of more than `images` images (or, with
+    `unless_checkpointing`, at any step while activation checkpointing is off): the recovery ladder's test."""
+
+    def __init__(self, images: int, unless_checkpointing: bool = False) -> None:
+        self.images, self.unless_checkpointing = images, unless_checkpointing
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        checkpointing = pl_module.trainable_config.activation_checkpointing
+        if batch.num_images > self.images or (self.unless_checkpointing and not checkpointing):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")

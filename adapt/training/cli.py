@@ -16,6 +16,7 @@ import difflib
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -95,6 +96,10 @@ class Sam3CLI(LightningCLI):
             "last_checkpoint.monitor": None, "last_checkpoint.save_top_k": 1, "last_checkpoint.filename": "last",
             "last_checkpoint.enable_version_counter": False, "last_checkpoint.save_on_exception": True,
         })
+        # out of memory: retry one rung down the ladder (adapt/training/memory.py), or stop
+        parser.add_argument("--on_oom", choices=("recover", "stop"), default="recover",
+                            help="out of memory in fit: recover (halve the batch and raise gradient accumulation, "
+                                 "then checkpoint activations, then chunk phrases) or stop")
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.link_arguments("trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=checkpoint_dir)
 
@@ -122,7 +127,10 @@ class Sam3CLI(LightningCLI):
         checkpoint could swap the base model). `Sam3FineTuner.on_load_checkpoint` refuses one that does not fit."""
 
     def before_fit(self) -> None:
-        """Remove the temp files of saves a killed run left in the checkpoint folder."""
+        """Remove the temp files of saves a killed run left in the checkpoint folder; note --on_oom."""
+        from adapt.training.memory import RUNNING
+
+        RUNNING["on_oom"] = self.config.get(self.subcommand, self.config).get("on_oom", "recover")
         for path in remove_leftover_temporaries(checkpoint_dir(self.trainer.default_root_dir)):
             notice(f"removed {path}, the temp file of a checkpoint save that was interrupted")
 
@@ -168,9 +176,37 @@ def run_lightning_cli(args: list[str]) -> None:
     """Run one `fit`, `validate` or `test` subcommand with `args` (the command line after `sam3-adapt`).
 
     Lightning's and torch's errors about the user's input become one-line `Sam3AdaptError`s; a SIGTERM that
-    stops training raises `TrainingInterrupted` (Lightning would exit with 0, as if the run had finished).
+    stops training raises `TrainingInterrupted` (Lightning would exit with 0, as if the run had finished). A `fit`
+    that runs out of memory in one process is run again one rung down the recovery ladder (--on_oom=recover).
     """
+    from adapt.training.memory import RUNNING, MemorySettings, OutOfMemory, recover_from_oom, write_report
 
+    RUNNING.clear()
+
+    def attempt(settings: MemorySettings | None) -> None:
+        if settings is None:  # the command as given
+            return _run_cli(args)
+        if RUNNING.get("world_size", 1) > 1:  # every rank would have to agree on the retry
+            raise OutOfMemory(f"training ran out of memory on {RUNNING['world_size']} ranks; lower data.batch_size "
+                              "and raise trainer.accumulate_grad_batches, or set "
+                              "model.trainable.activation_checkpointing=true")
+        return _run_cli([*args, f"--data.batch_size={settings.batch_size}",
+                         f"--trainer.accumulate_grad_batches={settings.accumulate_grad_batches}",
+                         f"--model.trainable.activation_checkpointing={str(settings.activation_checkpointing).lower()}",
+                         f"--model.phrase_chunk_size={settings.phrase_chunk_size}",
+                         f"--trainer.default_root_dir={RUNNING['default_root_dir']}"])
+
+    _, ladder = recover_from_oom(attempt, notice, enabled=lambda: RUNNING.get("on_oom", "recover") == "recover")
+    if len(ladder) > 1 and RUNNING.get("default_root_dir"):
+        write_report(Path(RUNNING["default_root_dir"]), {"ladder": ladder})
+
+
+def _run_cli(args: list[str]) -> None:
+    """One LightningCLI run of `args` (see `run_lightning_cli`)."""
+    import warnings
+
+    # a retry of the recovery ladder passes its own args beside the process's command line, knowingly
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     configs = _config_files(args)
     for path in configs:  # each must exist and parse as YAML; else one line naming it (and the line, column)
         read_config_file(path, "--config")
