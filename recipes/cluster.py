@@ -63,8 +63,9 @@ class ClusterSweep:
         atomic_write_text(self.record_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
     # ----- submitting -------------------------------------------------------------------------------------------
-    def executor(self, gpus: int) -> Any:
-        """A submitit executor for one training per task (SLURM, or the local one with `executor: local`)."""
+    def executor(self, gpus: int, nodes: int = 1, tasks_per_node: int = 1, name: str = "train") -> Any:
+        """A submitit executor: one training per task (SLURM, or the local one with `executor: local`), or with
+        `nodes` x `tasks_per_node`, one job whose tasks are the ranks of one distributed run."""
         import shutil
 
         import submitit
@@ -74,8 +75,9 @@ class ClusterSweep:
             raise ConfigError("train.launcher: slurm needs SLURM's srun and sbatch on PATH: run `recipe run` on the "
                               "cluster's login node (train.slurm.executor: local runs the same sweep here)")
         executor = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster=s.executor)
-        parameters: dict[str, Any] = dict(name=f"{self.recipe}-train", timeout_min=s.time_minutes, nodes=1,
-                                          tasks_per_node=1, gpus_per_node=gpus, cpus_per_task=s.cpus_per_task)
+        parameters: dict[str, Any] = dict(name=f"{self.recipe}-{name}", timeout_min=s.time_minutes, nodes=nodes,
+                                          tasks_per_node=tasks_per_node, gpus_per_node=gpus,
+                                          cpus_per_task=s.cpus_per_task)
         if s.mem_gb is not None:
             parameters["mem_gb"] = s.mem_gb
         if s.executor == "slurm":
@@ -175,6 +177,50 @@ class ClusterSweep:
             raise LaunchError(f"train: {len(failed)} run(s) ended on the cluster without a result: {logs}; "
                               "`recipe run` again resubmits them (finished runs are kept)")
         return results
+
+
+    # ----- the data engine as one distributed job ------------------------------------------------------------------
+    def run_engine(self, key: str, task: Callable[[], None], done: Callable[[], bool], nodes: int,
+                   tasks_per_node: int, gpus_per_node: int, detach: bool = False) -> bool:
+        """Run `task` on every rank of one job of `nodes` x `tasks_per_node` tasks (each task one rank, its
+        torch.distributed variables set), unless `done()`; re-attach to a recorded job still running. Returns
+        whether the work is done (False: detached while it runs)."""
+        if done():
+            return True
+        record = self.read_record()
+        if key in record and self.alive(record[key]):
+            self.say(f"{key}: the job submitted earlier ({record[key]['job_id']}) still runs; waiting for it")
+        else:
+            executor = self.executor(gpus_per_node, nodes, tasks_per_node, name=key.replace(":", "-"))
+            handle = executor.submit(engine_rank, task)
+            earlier = record.get(key, {})
+            record[key] = {"job_id": str(handle.job_id), "executor": self.settings.executor,
+                           "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                           "submissions": int(earlier.get("submissions", 0)) + 1, "log": str(handle.paths.stderr)}
+            self._write_record(record)
+            self.say(f"{key}: submitted as job {handle.job_id} ({nodes} node(s) x {tasks_per_node} rank(s), "
+                     f"{self.settings.executor})")
+        if detach:
+            return False
+        while self.alive(record[key]):
+            time.sleep(self.settings.poll_seconds)
+        if not done():
+            raise LaunchError(f"{key}: job {record[key]['job_id']} ended before the data engine finished; its log: "
+                              f"{record[key].get('log', '?')}; `recipe run` again resubmits it (finished shards "
+                              "are kept)")
+        return True
+
+
+def engine_rank(task: Callable[[], None]) -> None:
+    """One rank of a distributed data-engine job: the torch.distributed variables from the job's tasks (SLURM's
+    own are read by Lightning first where they exist), then `task`."""
+    import submitit
+
+    environment = submitit.JobEnvironment()
+    if environment.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        os.environ["NODE_RANK"] = str(environment.node)
+    task()
 
 
 def _process_alive(pid: int) -> bool:

@@ -7,6 +7,7 @@ Everything goes under the recipe's output folder and is resumable: toy datasets 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -116,9 +117,27 @@ def synth_config(recipe: RecipeConfig, images: ImagesRef, verify: VerifyConfig, 
 
 
 def run_synth(recipe: RecipeConfig, images: ImagesRef, out: Path, verify: VerifyConfig, progress: bool = True,
-              teacher: str | None = None) -> dict[str, Path]:
-    """Pseudo-label and verify `images` into `out` (resumable); returns {"pl": ..., "syn": ...} dataset files."""
-    return SynthRun(synth_config(recipe, images, verify, progress, teacher), out).run()
+              teacher: str | None = None, cluster: Any = None, detach: bool = False) -> dict[str, Path] | None:
+    """Pseudo-label and verify `images` into `out` (resumable); returns {"pl": ..., "syn": ...} dataset files.
+
+    With `cluster` (a `ClusterSweep`: train.launcher slurm) the sharded stages run as one job of synth.num_nodes x
+    synth.devices ranks and merge runs here; None when `detach` left that job running.
+    """
+    if cluster is None:
+        return SynthRun(synth_config(recipe, images, verify, progress, teacher), out).run()
+    config = synth_config(recipe, images, verify, False, teacher)
+    run = SynthRun(config, out)
+    r = recipe.synth
+    ranks = int(r.devices) if str(r.devices).isdigit() else 1
+    finished = cluster.run_engine(f"synth:{out.name}", functools.partial(engine_stages, config, str(out)),
+                                  run.stages_finished, nodes=r.num_nodes, tasks_per_node=ranks,
+                                  gpus_per_node=0 if r.accelerator == "cpu" else ranks, detach=detach)
+    return run.merge() if finished else None
+
+
+def engine_stages(config: SynthConfig, out: str) -> None:
+    """The data engine's sharded stages on this rank (a task of a distributed data-engine job)."""
+    SynthRun(config, out).run_stages()
 
 
 def labelled_objects(sample: ImageSample) -> list[LabelledObject]:

@@ -109,19 +109,39 @@ class RecipeRun:
         self.verify, self.calibration_note = calibrated(self.recipe, verify, hq, self.ontology(),
                                                         self.out / "calibration")
 
-    def synth(self, round_: int = 1, teacher: str | None = None) -> dict[str, Dataset]:
+    def synth(self, round_: int = 1, teacher: str | None = None) -> dict[str, Dataset] | None:
         """The pool's pl and syn datasets and the generator's (verified) gen dataset, labelled by the recipe's
-        teacher (round 1) or by `teacher`, the previous round's best model."""
+        teacher (round 1) or by `teacher`, the previous round's best model. With train.launcher: slurm the
+        engine's stages run as cluster jobs; None when detached from one still running."""
         r, found, suffix = self.recipe, {}, "" if round_ == 1 else f"-r{round_}"
         self.teachers[round_] = teacher or r.teacher_config().model
+        cluster = self._cluster() if r.train.launcher == "slurm" else None
+        sources = []
         if r.pool is not None and any(a in r.arms for a in ("pl", "syn", "syn+hq")):
-            files = run_synth(r, r.pool, self.out / "synth" / f"pool{suffix}", self.verify, self.progress, teacher)
-            found["pl"] = Dataset(str(files["pl"]), None, "saco")
-            found["syn"] = Dataset(str(files["syn"]), None, "saco")
+            sources.append(("pool", r.pool))
         if r.generator is not None and "gen" in r.arms:
-            files = run_synth(r, r.generator, self.out / "synth" / f"gen{suffix}", self.verify, self.progress, teacher)
-            found["gen"] = Dataset(str(files["syn"]), None, "saco")
+            sources.append(("gen", r.generator))
+        detached = False
+        for name, images in sources:
+            files = run_synth(r, images, self.out / "synth" / f"{name}{suffix}", self.verify, self.progress, teacher,
+                              cluster=cluster, detach=self.detach)
+            if files is None:
+                detached = True
+            elif name == "pool":
+                found["pl"] = Dataset(str(files["pl"]), None, "saco")
+                found["syn"] = Dataset(str(files["syn"]), None, "saco")
+            else:
+                found["gen"] = Dataset(str(files["syn"]), None, "saco")
+        if detached:
+            self.say("synth: detached; the data engine runs on the cluster. Run the same `recipe run` again to "
+                     "continue when it has finished")
+            return None
         return found
+
+    def _cluster(self) -> Any:
+        from .cluster import ClusterSweep
+
+        return ClusterSweep(self.recipe.train.slurm, self.out / "slurm", self.recipe.name, self.say)
 
     def jobs(self, datasets: dict[str, Dataset], round_: int = 1) -> list[TrainJob]:
         """Zero-shot, then every trained arm x mix x size x seed (in rounds after the first: the arms trained on
@@ -196,10 +216,8 @@ class RecipeRun:
 
     def _train_on_cluster(self, todo: list[TrainJob]) -> dict[str, dict[str, Any]] | None:
         """The unfinished jobs as tasks of a SLURM job array (submitit); None when detached before they finish."""
-        from .cluster import ClusterSweep
-
         t = self.recipe.train
-        sweep = ClusterSweep(t.slurm, self.out / "slurm", self.recipe.name, self.say)
+        sweep = self._cluster()
         gpus = 0 if t.accelerator == "cpu" else t.slurm.gpus_per_task
         todo = [dataclasses.replace(j, progress=False) for j in todo]  # a task's log is no terminal
         bar = tqdm(total=len(todo), desc="runs (cluster)", unit="run", disable=not self.progress)
@@ -303,7 +321,10 @@ class RecipeRun:
         datasets = self._timed("data", self.data)
         verifier = self._timed("verifier", lambda: self.verifier(datasets["hq"]))
         self._timed("calibrate", lambda: self.calibrate(verifier, datasets["hq"]))
-        datasets.update(self._timed("synth", lambda: self.synth()))
+        engine = self._timed("synth", lambda: self.synth())
+        if engine is None:
+            return RecipeOutputs(self.out, [], None, dict(self.timings), detached=True)
+        datasets.update(engine)
         rows = self._timed("train", lambda: self.train(self.jobs(datasets)))
         if rows is None:
             return RecipeOutputs(self.out, [], None, dict(self.timings), detached=True)
@@ -311,7 +332,10 @@ class RecipeRun:
             teacher = self._round_teacher(rows, round_ - 1)
             if teacher is None:
                 break
-            datasets.update(self._timed(f"synth-r{round_}", lambda: self.synth(round_, teacher)))
+            engine = self._timed(f"synth-r{round_}", lambda: self.synth(round_, teacher))
+            if engine is None:
+                return RecipeOutputs(self.out, rows, None, dict(self.timings), detached=True)
+            datasets.update(engine)
             more = self._timed(f"train-r{round_}", lambda: self.train(self.jobs(datasets, round_)))
             if more is None:
                 return RecipeOutputs(self.out, rows, None, dict(self.timings), detached=True)

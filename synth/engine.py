@@ -8,6 +8,7 @@ provided the earlier stages are done. `run()` does all four.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -141,10 +142,27 @@ class SynthRun:
 
     def run(self) -> dict[str, Path]:
         """All stages, skipping finished shards."""
+        self.run_stages()
+        return self.merge()
+
+    def run_stages(self) -> None:
+        """The sharded stages (generate, label, verify), skipping finished shards: what every rank of a distributed
+        run executes (merge then runs once)."""
         self.generate()
         self.label()
         self.verify()
-        return self.merge()
+
+    def stages_finished(self) -> bool:
+        """Whether every shard of every stage is written, with this configuration (merge can run)."""
+        if not (self.run_dir.root / "plan.json").is_file():
+            return False
+        for stage in ("generate", "label", "verify"):
+            claim = self.run_dir.stage_dir(stage) / "stage.json"
+            if not claim.is_file() or json.loads(claim.read_text()).get("fingerprint") != self._prints[stage]:
+                return False
+            if self.run_dir.pending(stage, self.num_shards):
+                return False
+        return True
 
     def _require(self, stage: str) -> None:
         missing = self.run_dir.pending(stage, self.num_shards)

@@ -102,4 +102,6 @@ def run_stage(
                                 progress={"predict_stage": stage.name, "predict_unit": "shards"})
         loader = DataLoader(_Shards(pending), batch_size=None, shuffle=False, num_workers=0)
         trainer.predict(ShardPredictor(stage, run_dir, read_input), loader, return_predictions=False)
+        if external:  # ranks started by torchrun or srun go on alone: none starts the next stage before all wrote
+            trainer.strategy.barrier(f"{stage.name} written")
     return len(pending)
