@@ -29,7 +29,7 @@ def test_food_plan_lists_the_90_trainings_and_an_estimate_with_its_source():
     names = [row.split(" | ")[0].strip("| ") for row in rows]
     assert len(set(names)) == 91 and "syn+hq+general-n1000-s2" in names and names[0] == "zero-shot"
     # no GPU figure ships yet: the CPU figure is used and the plan says so, with the command that measured it
-    assert "CPU-hours for the 90 trainings to do" in text and "bench_objective.py" in text
+    assert "CPU-hours for the 90 trainings to do" in text and "bench_recipe.py arm-time" in text  # its LoRA step
     assert "no GPU figure has been measured for sam3" in text
 
 
