@@ -168,7 +168,7 @@ def _run_job(job: TrainJob) -> dict[str, Any]:
     settings = trainer_config(job)
     seconds, steps = 0.0, 0
     if job.train_data:
-        from adapt.training.memory import MemorySettings, recover_from_oom, write_report
+        from adapt.training.memory import MemoryReport, MemorySettings, recover_from_oom, write_report
         from sam3_model.notices import notice
 
         def attempt(memory: MemorySettings) -> tuple[Any, Any, Any]:
@@ -177,7 +177,8 @@ def _run_job(job: TrainJob) -> dict[str, Any]:
             module, data = _module(job, memory), _data(job, memory.batch_size)
             trainer = build_trainer(spawn=True, quiet=True, default_root_dir=str(out), logger=logger, **settings,
                                     accumulate_grad_batches=memory.accumulate_grad_batches,
-                                    enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0)
+                                    enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
+                                    callbacks=[MemoryReport()])
             trainer.fit(module, datamodule=data)
             return module, data, trainer
 

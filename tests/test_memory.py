@@ -88,6 +88,7 @@ def test_lightnings_batch_size_finder_picks_the_largest_batch_that_fits(config, 
     from lightning.pytorch.callbacks import BatchSizeFinder
 
     from adapt.data.datamodule import DatasetSpec, Sam3DataModule
+    from adapt.training.memory import MemoryReport
     from adapt.training.module import Sam3FineTuner
     from adapt.training.trainer import build_trainer
     from sam3_model.settings import LoraSettings
@@ -108,7 +109,7 @@ def test_lightnings_batch_size_finder_picks_the_largest_batch_that_fits(config, 
     trainer = build_trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=2, limit_val_batches=0,
                             logger=False, enable_checkpointing=False, enable_progress_bar=False, quiet=True,
                             default_root_dir=str(tmp_path),
-                            callbacks=[BatchSizeFinder(mode="power", steps_per_trial=1, init_val=1)])
+                            callbacks=[BatchSizeFinder(mode="power", steps_per_trial=1, init_val=1), MemoryReport()])
     trainer.fit(module, datamodule=data)
     assert data.batch_size == 2 and trainer.global_step == 2
     report = json.loads((tmp_path / "memory.json").read_text())

@@ -135,7 +135,11 @@ class Sam3CLI(LightningCLI):
             notice(f"removed {path}, the temp file of a checkpoint save that was interrupted")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
-        """The Trainer, with the progress bar that names its stage and counts steps (unless bars are off)."""
+        """The Trainer, with the progress bar that names its stage and counts steps (unless bars are off) and the
+        run's memory report (memory.json in the run folder)."""
+        from adapt.training.memory import MemoryReport
+
+        callbacks = [*callbacks, MemoryReport()]
         if config.get("enable_progress_bar", True) is not False:
             from adapt.training.progress import StageProgressBar
 

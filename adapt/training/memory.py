@@ -1,6 +1,6 @@
 """Memory you can plan: a per-run memory report, and a recovery ladder when a training step runs out of memory.
 
-`MemoryReport` (a callback every `Sam3FineTuner` run gets) writes `<run>/memory.json` when training ends: peak
+`MemoryReport` (a callback of every `fit` and recipe training) writes `<run>/memory.json` when training ends: peak
 memory (CUDA: `max_memory_allocated`; CPU: the process's peak resident set), and by component what can be counted
 exactly: parameters, gradients, optimizer state; on CUDA the rest of the peak is activations and workspace.
 

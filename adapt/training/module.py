@@ -329,15 +329,13 @@ class Sam3FineTuner(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """Throughput, data wait, GPU memory, learning rate per group, the validation image panel, the
-        random-number state of every checkpoint (exact resume) and the run's memory report (memory.json)."""
+        """Throughput, data wait, GPU memory, learning rate per group, the validation image panel and the
+        random-number state of every checkpoint (exact resume)."""
         from lightning.pytorch.callbacks import LearningRateMonitor
-
-        from adapt.training.memory import MemoryReport
 
         callbacks: list[L.Callback] = [DataWaitMonitor(), images_per_sec_monitor(), GpuMemoryMonitor(),
                                        ValidationPanel(max_images=self.validation_config.panel_images),
-                                       RandomStateCheckpoint(), MemoryReport()]
+                                       RandomStateCheckpoint()]
         if self.trainer.loggers:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         return callbacks
