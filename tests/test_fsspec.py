@@ -240,3 +240,31 @@ def test_recipe_check_accepts_url_pools_and_image_roots_and_names_missing_ones(m
     assert "no image matches memory://bucket/none/*.jpg" in lines["pool.source.pool.glob"]
     assert "annotation file memory://bucket/coco/missing.json not found" in lines["hq.train"]
     assert "pip install s3fs" in lines["hq.train.images"]  # no driver here: said, not a traceback
+
+
+def test_review_shows_and_records_images_of_a_url_root(memory, tmp_path: Path) -> None:
+    """`sam3-adapt review FILE --images memory://...`: the page gets the image through fsspec, human_sample.json
+    names it by URL, and calibration reads that sample."""
+    from synth.review.items import read_items, sample_items
+    from synth.review.server import BoxSegmenter, create_app, image_root_of
+    from synth.review.store import ReviewStore
+    from verifiers.calibration import read_human_sample
+
+    local = make_coco_dataset(tmp_path / "coco", 2, seed=3)
+    _upload(memory, local.parent / "images", "/bucket/coco/images")
+    root = "memory://bucket/coco"
+    items = sample_items(read_items(local, root), "all")
+    assert {str(i.image_path) for i in items} == {f"{root}/images/img000.png", f"{root}/images/img001.png"}
+    assert {i.file_name for i in items} == {"images/img000.png", "images/img001.png"}  # as the file names them
+    store = ReviewStore(tmp_path / "review", items, image_root_of(local, root))
+    client = create_app(store, BoxSegmenter(None)).test_client()
+    item = client.get("/api/next").get_json()["item"]
+    shown = client.get("/image/0")
+    assert shown.status_code == 200 and shown.data == memory.cat_file(f"/bucket/coco/{store.items[store.order[0]].file_name}")
+    answer = {"answer_id": "a1", "item": item["key"], "reviewer": "r", "mv": ["accept"] * len(item["instances"]),
+              "ev": True, "added": []}
+    assert client.post("/api/answer", json=answer).status_code == 200
+    sample = json.loads((tmp_path / "review" / "human_sample.json").read_text())
+    assert sample["exhaustivity"][0]["file_name"].startswith(f"{root}/images/")
+    assert json.loads((tmp_path / "review" / "hq.json").read_text())["info"]["images"] == root
+    assert len(read_human_sample(tmp_path / "review" / "human_sample.json").exhaustivity) == 1

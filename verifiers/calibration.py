@@ -1,6 +1,6 @@
 """Measure verifiers against a human-labelled sample, pick accept thresholds, and write a report.
 
-Human sample file (JSON, or YAML by its .yaml / .yml suffix); image paths are relative to the file's folder:
+Human sample file (JSON, or YAML by its .yaml / .yml suffix); image paths are relative to the file's folder (or fsspec URLs):
 
     {"mask": [{"file_name": "img.png", "phrase": "red square", "mask": <COCO RLE of the image size>,
                "box_xyxy_px": [x0, y0, x1, y1],   # optional: the mask's tight box
@@ -33,6 +33,7 @@ import yaml
 from PIL import Image
 
 from sam3_model.atomic import atomic_write, atomic_write_text
+from sam3_model import storage
 from sam3_model.errors import DatasetError, ImageError
 from sam3_model.images import load_image
 from sam3_model.formats import FormatProblem, check_rle
@@ -109,10 +110,14 @@ class _Images:
     def get(self, file_name) -> Image.Image:
         if not isinstance(file_name, str) or not file_name:
             raise _Bad(f"file_name must be a non-empty string, got {file_name!r}")
-        path = (self.root / file_name).resolve()
+        path = file_name if storage.is_url(file_name) else (self.root / file_name).resolve()  # a URL: as written
         if path not in self.cache:
-            if not path.is_file():
-                raise _Bad(f"image {file_name!r} not found in {self.root}")
+            try:
+                found = storage.is_file(path)
+            except OSError as err:
+                raise _Bad(f"cannot read image {file_name!r} ({err})") from None
+            if not found:
+                raise _Bad(f"image {file_name!r} not found" + ("" if storage.is_url(path) else f" in {self.root}"))
             try:
                 self.cache[path] = load_image(path, str(path))
             except ImageError as err:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from sam3_model import storage
 from sam3_model.errors import ConfigError
 from sam3_model.records import RLE
 
@@ -33,7 +34,7 @@ class ReviewItem:
     """One image-phrase pair: the image, the phrase and the masks proposed for it."""
 
     key: str  # unique in the source: "<image key>|<phrase>"
-    image_path: Path
+    image_path: Path | str  # a local file, or an fsspec URL (text)
     file_name: str  # as the source names the image (kept in the outputs)
     image_id: int | str
     width: int
@@ -111,8 +112,14 @@ def _from_dataset(path: Path, images: str | Path | None) -> list[ReviewItem]:
                 else:  # a boxes-only dataset: the box is the mask to judge
                     mask = encode_mask(box_mask((x, y, x + w, y + h), sample.height, sample.width))
                 instances.append(ReviewInstance(mask, [x, y, x + w, y + h]))
-            file_name = str(Path(sample.image_path).relative_to(read_root(path, images)))
-            items.append(ReviewItem(f"{sample.image_id}|{phrase.phrase}", Path(sample.image_path), file_name,
+            root = read_root(path, images)
+            if storage.is_url(root):  # file names joined to a URL root with "/"
+                file_name = str(sample.image_path)[len(str(root).rstrip("/")) + 1:]
+                image_path: Path | str = str(sample.image_path)
+            else:
+                file_name = str(Path(sample.image_path).relative_to(root))
+                image_path = Path(sample.image_path)
+            items.append(ReviewItem(f"{sample.image_id}|{phrase.phrase}", image_path, file_name,
                                     sample.image_id, sample.width, sample.height, phrase.phrase, instances))
     return items
 
@@ -125,8 +132,11 @@ def box_mask(box_xyxy_px: tuple[float, float, float, float], height: int, width:
     return mask
 
 
-def read_root(path: Path, images: str | Path | None) -> Path:
-    """The folder a dataset's file names are relative to (`images`, else the file's folder)."""
+def read_root(path: Path, images: str | Path | None) -> Path | str:
+    """The folder a dataset's file names are relative to (`images`, a local folder or a URL; else the file's
+    folder)."""
+    if storage.is_url(images):
+        return str(images)
     return Path(images).resolve() if images is not None else path.resolve().parent
 
 

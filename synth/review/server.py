@@ -4,6 +4,8 @@ mask with SAM 3. Bound to 127.0.0.1 unless told otherwise; any other bind needs 
 from __future__ import annotations
 
 import hmac
+import io
+import mimetypes
 import secrets
 import threading
 from importlib import resources
@@ -12,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from sam3_model import storage
 from sam3_model.errors import ConfigError
 from sam3_model.records import decode_mask, encode_mask
 
@@ -126,7 +129,11 @@ def create_app(store: ReviewStore, segmenter: BoxSegmenter, token: str | None = 
     def _image(k: int) -> Any:
         if not 0 <= k < len(store.order):
             abort(404)
-        return send_file(store.items[store.order[k]].image_path)
+        path = store.items[store.order[k]].image_path
+        if storage.is_url(path):  # an image in an object store: its bytes, through fsspec
+            kind = mimetypes.guess_type(storage.name_of(path))[0] or "application/octet-stream"
+            return send_file(io.BytesIO(storage.read_bytes(path)), mimetype=kind)
+        return send_file(path)
 
     @app.post("/api/answer")
     def _answer() -> Any:
@@ -163,12 +170,12 @@ def create_app(store: ReviewStore, segmenter: BoxSegmenter, token: str | None = 
     return app
 
 
-def review(source: Path, out: Path | None = None, images: Path | None = None,
+def review(source: Path, out: Path | None = None, images: str | None = None,
            sample: Literal["stratified", "all"] = "stratified", per_stratum: int = 10, seed: int = 0,
            model: str | None = None, host: str = "127.0.0.1", port: int = 8765, token: str | None = None) -> None:
     """Review image-phrase pairs in the browser: accept or reject each mask (MV), say whether every instance is
     masked (EV), draw a box to add a missed one. `source`: a synth run folder or a COCO / SA-Co file (`images`:
-    its image folder); `out`: where answers and outputs go (default: SOURCE-review); `model`: the SAM 3 that turns
+    its image folder, or an fsspec URL); `out`: where answers and outputs go (default: SOURCE-review); `model`: the SAM 3 that turns
     a drawn box into a mask (default: the synth run's teacher)."""
     from werkzeug.serving import make_server
 
@@ -196,7 +203,7 @@ def review(source: Path, out: Path | None = None, images: Path | None = None,
         server.server_close()
 
 
-def image_root_of(source: Path, images: Path | None) -> Path:
+def image_root_of(source: Path, images: str | Path | None) -> Path | str:
     """The folder the source's file names are relative to: the run folder, `images`, or the file's folder."""
     from .items import read_root
 

@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from sam3_model import storage
 from sam3_model.atomic import atomic_write_text
 from sam3_model.errors import ConfigError
 from sam3_model.formats import saco_annotation, saco_json, write_json_dataset
@@ -45,7 +46,8 @@ class ReviewStore:
     def __init__(self, out: str | os.PathLike[str], items: list[ReviewItem],
                  image_root: str | os.PathLike[str] | None = None) -> None:
         self.out = Path(out)
-        self.image_root = str(Path(image_root).resolve()) if image_root is not None else None
+        self.image_root = None if image_root is None else (
+            str(image_root) if storage.is_url(image_root) else str(Path(image_root).resolve()))
         self.out.mkdir(parents=True, exist_ok=True)
         self.items = {item.key: item for item in items}
         if len(self.items) != len(items):
@@ -174,7 +176,10 @@ class ReviewStore:
         atomic_write_text(self.out / "agreement.md", agreement_markdown(stats))
 
     def _file_name(self, item: ReviewItem) -> str:
-        return os.path.relpath(item.image_path.resolve(), self.out.resolve())
+        """How human_sample.json names the image: relative to the output folder, or its URL."""
+        if storage.is_url(item.image_path):
+            return str(item.image_path)
+        return os.path.relpath(Path(item.image_path).resolve(), self.out.resolve())
 
     def _human_sample(self, reviewed: list[tuple[ReviewItem, dict[str, Any]]]) -> dict[str, Any]:
         """MV: one entry per shown mask with the reviewer's label; EV: one per pair, accept when the shown masks
