@@ -50,6 +50,7 @@ class ClusterSweep:
                  say: Callable[[str], None] = print) -> None:
         self.settings, self.folder, self.recipe, self.say = settings, Path(folder), recipe, say
         self.record_path = self.folder / RECORD_NAME
+        self._unknown: set[str] = set()  # jobs sacct did not know long after their submission (said once)
 
     # ----- the record of what was submitted ---------------------------------------------------------------------
     def read_record(self) -> dict[str, dict[str, Any]]:
@@ -115,7 +116,15 @@ class ClusterSweep:
         import submitit
 
         state = submitit.SlurmJob(folder=str(self.folder / "%j"), job_id=str(entry["job_id"])).state
-        return state.split()[0].upper() not in ENDED
+        state = (state.split() or ["UNKNOWN"])[0].upper()
+        if state == "UNKNOWN" and entry["job_id"] not in self._unknown:  # sacct has not (yet) heard of it
+            submitted = time.mktime(time.strptime(entry["submitted"], "%Y-%m-%dT%H:%M:%S"))
+            if time.time() - submitted > 600:
+                self._unknown.add(entry["job_id"])
+                self.say(f"train: sacct does not know job {entry['job_id']} 10 minutes after its submission; "
+                         f"waiting for it as if it ran (check `sacct -j {entry['job_id']}`; scancel it and run "
+                         "again to resubmit)")
+        return state not in ENDED
 
     def status(self, jobs: list[TrainJob]) -> Sweep:
         """Results of finished runs and the runs whose job still runs; runs with neither are not in `waiting`."""

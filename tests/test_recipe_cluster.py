@@ -158,3 +158,25 @@ def test_slurm_parameters_reach_submitit(tmp_path, monkeypatch):
     for line in ("#SBATCH --partition=h100", "#SBATCH --account=vision", "#SBATCH --gpus-per-node=2",
                  "#SBATCH --time=90", "#SBATCH --constraint=h100", "module load cuda"):
         assert line in script, script
+
+
+@pytest.mark.parametrize("job,state,alive", [("71", "RUNNING", True), ("72", "PENDING", True),
+                                             ("73", "COMPLETED", False), ("74", "TIMEOUT", False),
+                                             ("75", "OUT_OF_MEMORY", False), ("76", None, True)])
+def test_a_recorded_slurm_job_is_waited_for_until_sacct_says_it_ended(tmp_path, monkeypatch, job, state, alive):
+    """Re-attaching asks sacct (through submitit); a job sacct does not know long after submission is waited for,
+    and said once."""
+    from recipes.cluster import ClusterSweep
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    line = f"{job}|{state}|node1" if state else ""  # submitit caches states by job id: one id per case
+    (bin_dir / "sacct").write_text(f"#!/bin/sh\necho 'JobID|State|NodeList'\necho '{line}'\n")
+    (bin_dir / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    said: list[str] = []
+    recipe = load_recipe("demo", {**SWEEP, "train": {"launcher": "slurm"}})
+    sweep = ClusterSweep(recipe.train.slurm, tmp_path, "demo", said.append)
+    entry = {"job_id": job, "executor": "slurm", "submitted": "2026-01-01T00:00:00"}
+    assert sweep.alive(entry) is alive
+    assert sweep.alive(entry) is alive and len(said) == (0 if state else 1)
