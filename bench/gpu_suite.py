@@ -64,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adapt.data.batch import PhraseBatch
 from adapt.data.datamodule import Sam3DataModule
 from adapt.settings import DatasetSpec, TrainableConfig
+from adapt.training.memory import is_out_of_memory, peak_resident_bytes, reset_peak_resident
 from adapt.training.module import Sam3FineTuner
 from adapt.training.optim import build_optimizer
 from bench import bench_objective
@@ -158,11 +159,7 @@ class MemoryMeter:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             return
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.resettable = True
-        except OSError:
-            self.resettable = False
+        self.resettable = reset_peak_resident()
 
     def peak(self) -> dict[str, Any]:
         """{peak_memory_bytes, peak_memory_kind[, peak_reserved_bytes]} since the last reset."""
@@ -170,11 +167,10 @@ class MemoryMeter:
             return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(self.device)),
                     "peak_reserved_bytes": int(torch.cuda.max_memory_reserved(self.device)),
                     "peak_memory_kind": "torch.cuda.max_memory_allocated"}
-        if self.resettable:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return {"peak_memory_bytes": int(line.split()[1]) * 1024,
-                            "peak_memory_kind": "process peak RSS (VmHWM, reset before this configuration)"}
+        peak = peak_resident_bytes() if self.resettable else None
+        if peak is not None:
+            return {"peak_memory_bytes": peak,
+                    "peak_memory_kind": "process peak RSS (VmHWM, reset before this configuration)"}
         import resource
 
         return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -190,15 +186,12 @@ def free_memory(device: torch.device, *modules: torch.nn.Module) -> None:
         torch.cuda.empty_cache()
 
 
-OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED")  # cuBLAS/cuDNN workspaces fail as RuntimeError
-
-
 def guarded(fn: Callable[[], dict[str, Any]], device: torch.device, *modules: torch.nn.Module) -> dict[str, Any]:
     """fn()'s figures with status "ok", or status "OOM" (and the error's first line) when it ran out of memory."""
     try:
         result = {"status": "ok", **fn()}
     except RuntimeError as err:  # torch.OutOfMemoryError (= torch.cuda.OutOfMemoryError) is a RuntimeError
-        if not isinstance(err, torch.OutOfMemoryError) and not any(m in str(err) for m in OOM_MESSAGES):
+        if not is_out_of_memory(err):  # cuBLAS/cuDNN workspaces fail as a plain RuntimeError
             raise
         lines = str(err).strip().splitlines()
         result = {"status": "OOM", "error": lines[0] if lines else "out of memory"}

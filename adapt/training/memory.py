@@ -163,12 +163,13 @@ def peak_resident_bytes() -> int | None:
     return None
 
 
-def reset_peak_resident() -> None:
-    """Start a new peak resident set measurement (Linux: clear_refs 5), where allowed."""
+def reset_peak_resident() -> bool:
+    """Start a new peak resident set measurement (Linux: clear_refs 5), where allowed; whether it was reset."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
-        pass
+        return False
+    return True
 
 
 class MemoryReport(Callback):
