@@ -26,6 +26,7 @@ from .config import SlurmSettings
 from .jobs import TrainJob, read_result
 
 RECORD_NAME = "submitted.json"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"  # the record's submission times
 # sacct states after which a job no longer runs (a run without result.json is then resubmitted)
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
          "DEADLINE", "FINISHED", "INTERRUPTED", "NO PROCESS AND NO RESULT"}
@@ -63,6 +64,12 @@ class ClusterSweep:
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.record_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
+    def _entry(self, handle: Any, earlier: dict[str, Any] | None) -> dict[str, Any]:
+        """The record of one submission (a submitit job handle), counting the submissions before it."""
+        return {"job_id": str(handle.job_id), "executor": self.settings.executor,
+                "submitted": time.strftime(TIME_FORMAT), "submissions": int((earlier or {}).get("submissions", 0)) + 1,
+                "log": str(handle.paths.stderr)}
+
     # ----- submitting -------------------------------------------------------------------------------------------
     def executor(self, gpus: int, nodes: int = 1, tasks_per_node: int = 1, name: str = "train") -> Any:
         """A submitit executor: one training per task (SLURM, or the local one with `executor: local`), or with
@@ -97,12 +104,9 @@ class ClusterSweep:
 
         executor = self.executor(gpus)
         submitted = executor.map_array(run_job, jobs)
-        record, now = self.read_record(), time.strftime("%Y-%m-%dT%H:%M:%S")
+        record = self.read_record()
         for job, handle in zip(jobs, submitted):
-            earlier = record.get(job.name, {})
-            record[job.name] = {"job_id": str(handle.job_id), "executor": self.settings.executor, "submitted": now,
-                                "submissions": int(earlier.get("submissions", 0)) + 1,
-                                "log": str(handle.paths.stderr)}
+            record[job.name] = self._entry(handle, record.get(job.name))
         self._write_record(record)
         first = submitted[0].job_id.split("_")[0] if submitted else "?"
         self.say(f"train: submitted {len(jobs)} run(s) as job array {first} "
@@ -118,7 +122,7 @@ class ClusterSweep:
         state = submitit.SlurmJob(folder=str(self.folder / "%j"), job_id=str(entry["job_id"])).state
         state = (state.split() or ["UNKNOWN"])[0].upper()
         if state == "UNKNOWN" and entry["job_id"] not in self._unknown:  # sacct has not (yet) heard of it
-            submitted = time.mktime(time.strptime(entry["submitted"], "%Y-%m-%dT%H:%M:%S"))
+            submitted = time.mktime(time.strptime(entry["submitted"], TIME_FORMAT))
             if time.time() - submitted > 600:
                 self._unknown.add(entry["job_id"])
                 self.say(f"train: sacct does not know job {entry['job_id']} 10 minutes after its submission; "
@@ -187,7 +191,6 @@ class ClusterSweep:
                               "`recipe run` again resubmits them (finished runs are kept)")
         return results
 
-
     # ----- the data engine as one distributed job ------------------------------------------------------------------
     def run_engine(self, key: str, task: Callable[[], None], done: Callable[[], bool], nodes: int,
                    tasks_per_node: int, gpus_per_node: int, detach: bool = False) -> bool:
@@ -202,10 +205,7 @@ class ClusterSweep:
         else:
             executor = self.executor(gpus_per_node, nodes, tasks_per_node, name=key.replace(":", "-"))
             handle = executor.submit(engine_rank, task)
-            earlier = record.get(key, {})
-            record[key] = {"job_id": str(handle.job_id), "executor": self.settings.executor,
-                           "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                           "submissions": int(earlier.get("submissions", 0)) + 1, "log": str(handle.paths.stderr)}
+            record[key] = self._entry(handle, record.get(key))
             self._write_record(record)
             self.say(f"{key}: submitted as job {handle.job_id} ({nodes} node(s) x {tasks_per_node} rank(s), "
                      f"{self.settings.executor})")
