@@ -183,24 +183,27 @@ def run_lightning_cli(args: list[str]) -> None:
     stops training raises `TrainingInterrupted` (Lightning would exit with 0, as if the run had finished). A `fit`
     that runs out of memory in one process is run again one rung down the recovery ladder (--on_oom=recover).
     """
-    from adapt.training.memory import RUNNING, MemorySettings, OutOfMemory, recover_from_oom, write_report
+    from adapt.training.memory import RUNNING, MemorySettings, recover_from_oom, write_report
 
     RUNNING.clear()
 
     def attempt(settings: MemorySettings | None) -> None:
         if settings is None:  # the command as given
             return _run_cli(args)
-        if RUNNING.get("world_size", 1) > 1:  # every rank would have to agree on the retry
-            raise OutOfMemory(f"training ran out of memory on {RUNNING['world_size']} ranks; lower data.batch_size "
-                              "and raise trainer.accumulate_grad_batches, or set "
-                              "model.trainable.activation_checkpointing=true")
         return _run_cli([*args, f"--data.batch_size={settings.batch_size}",
                          f"--trainer.accumulate_grad_batches={settings.accumulate_grad_batches}",
                          f"--model.trainable.activation_checkpointing={str(settings.activation_checkpointing).lower()}",
                          f"--model.phrase_chunk_size={settings.phrase_chunk_size}",
                          f"--trainer.default_root_dir={RUNNING['default_root_dir']}"])
 
-    _, ladder = recover_from_oom(attempt, notice, enabled=lambda: RUNNING.get("on_oom", "recover") == "recover")
+    def off() -> str | None:
+        """Why this run is not restarted lower on the ladder, if it is not."""
+        if RUNNING.get("on_oom", "recover") != "recover":
+            return "--on_oom=stop"
+        ranks = RUNNING.get("world_size", 1)
+        return f"{ranks} ranks would all have to restart" if ranks > 1 else None
+
+    _, ladder = recover_from_oom(attempt, notice, off=off)
     if len(ladder) > 1 and RUNNING.get("default_root_dir"):
         write_report(Path(RUNNING["default_root_dir"]), {"ladder": ladder})
 

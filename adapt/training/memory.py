@@ -83,10 +83,11 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def recover_from_oom(attempt: Callable[[MemorySettings | None], T], say: Callable[[str], None],
                      start: MemorySettings | None = None,
-                     enabled: Callable[[], bool] = lambda: True) -> tuple[T, list[dict[str, Any]]]:
+                     off: Callable[[], str | None] = lambda: None) -> tuple[T, list[dict[str, Any]]]:
     """`attempt(start)` (None: as configured), and on out-of-memory `attempt` one rung lower, until one returns; its
     value and the ladder (one record per attempt). The settings that failed are `start`, or those the failing run
-    noted (`RUNNING`, by `MemoryReport`). `OutOfMemory` at the bottom, or at once when `enabled()` is false."""
+    noted (`RUNNING`, by `MemoryReport`). `OutOfMemory` at the bottom, or at once when `off()` gives a reason not
+    to recover (asked after the failure, when the failed run's settings are known)."""
     settings, ladder = start, []
     while True:
         try:
@@ -99,9 +100,10 @@ def recover_from_oom(attempt: Callable[[MemorySettings | None], T], say: Callabl
             if failed is None:
                 raise OutOfMemory(f"out of memory outside a training step: {_first_line(error)}") from None
             ladder.append({**dataclasses.asdict(failed), "outcome": f"out of memory: {_first_line(error)}"})
-            lower = next_rung(failed) if enabled() else None
+            reason = off()
+            lower = next_rung(failed) if reason is None else None
             if lower is None:
-                where = "on every rung of the recovery ladder" if enabled() else "(recovery off: --on_oom=stop)"
+                where = "on every rung of the recovery ladder" if reason is None else f"(recovery off: {reason})"
                 raise OutOfMemory(f"training ran out of memory {where}; last: {failed.describe()}. Lower "
                                   "data.batch_size or model.phrase_chunk_size, use LoRA, or set "
                                   "model.objective.mask_points") from None
@@ -123,8 +125,6 @@ def free_memory() -> None:
 
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-
-
 
 
 def write_report(root: Path, report: dict[str, Any]) -> Path:
