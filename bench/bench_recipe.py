@@ -49,7 +49,7 @@ def bench_arm_time(args: argparse.Namespace) -> dict:
     """Measured step and evaluation-forward times of the recipe's preset, and the per-arm estimate."""
     from bench.bench_fit_overhead import fabricate_coco, fixed_batch
     from recipes.config import load_recipe
-    from recipes.jobs import TrainJob, _module
+    from recipes.jobs import TrainJob, _memory, _module
     from adapt.data.datamodule import DatasetSpec
     from adapt.training.optim import build_optimizer
 
@@ -57,7 +57,7 @@ def bench_arm_time(args: argparse.Namespace) -> dict:
     settings = recipe.train
     job = TrainJob(name="bench", arm="hq", mix="none", size=0, seed=0, base_model=args.model, out_dir="",
                    test=DatasetSpec(path=""), settings=settings, recipe=recipe.name)
-    module = _module(job).to(args.device)
+    module = _module(job, _memory(job)).to(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         coco = fabricate_coco(Path(tmp), args.batch_size, args.phrases, instances=3)
         batch = fixed_batch(coco, module.image_size, args.batch_size, module.processor.tokenizer).to(args.device)

@@ -113,26 +113,33 @@ def fit_config(job: TrainJob) -> dict[str, Any]:
     return {"seed_everything": job.seed, "model": model_config(job), "data": data_config(job), "trainer": trainer}
 
 
-def _module(job: TrainJob, memory: Any = None) -> Any:
-    """The job's Sam3FineTuner (with `memory`, a rung of the out-of-memory ladder: its checkpointing and chunk)."""
+def _memory(job: TrainJob) -> Any:
+    """The job's memory settings as the recipe gives them: the first rung of the out-of-memory ladder."""
+    from adapt.training.memory import MemorySettings
+
+    s = job.settings
+    return MemorySettings(s.batch_size, 1, s.trainable.activation_checkpointing, s.phrase_chunk_size)
+
+
+def _module(job: TrainJob, memory: Any) -> Any:
+    """The job's Sam3FineTuner, with the activation checkpointing and phrase chunk of `memory` (a ladder rung)."""
     from dataclasses import replace
 
     from adapt.training.module import Sam3FineTuner
 
     s = job.settings
-    trainable = s.trainable if memory is None else replace(s.trainable,
-                                                           activation_checkpointing=memory.activation_checkpointing)
-    return Sam3FineTuner(model=job.base_model, trainable=trainable, objective=s.objective, optimizer=s.optimizer,
-                         schedule=s.schedule, validation=s.validation,
-                         phrase_chunk_size=s.phrase_chunk_size if memory is None else memory.phrase_chunk_size,
-                         image_size=s.image_size, seed=job.seed)
+    return Sam3FineTuner(model=job.base_model,
+                         trainable=replace(s.trainable, activation_checkpointing=memory.activation_checkpointing),
+                         objective=s.objective, optimizer=s.optimizer, schedule=s.schedule, validation=s.validation,
+                         phrase_chunk_size=memory.phrase_chunk_size, image_size=s.image_size, seed=job.seed)
 
 
-def _data(job: TrainJob, batch_size: int) -> Any:
+def _data(job: TrainJob, memory: Any) -> Any:
+    """The job's Sam3DataModule, with the batch of `memory` (a ladder rung)."""
     from adapt.data.datamodule import Sam3DataModule
 
     s = job.settings
-    return Sam3DataModule(train=job.train_data or None, val=job.eval_sets(), batch_size=batch_size,
+    return Sam3DataModule(train=job.train_data or None, val=job.eval_sets(), batch_size=memory.batch_size,
                           num_workers=s.num_workers, augment=s.augment, seed=job.seed)
 
 
@@ -174,7 +181,7 @@ def _run_job(job: TrainJob) -> dict[str, Any]:
         def attempt(memory: MemorySettings) -> tuple[Any, Any, Any]:
             """A fresh training at one rung of the out-of-memory ladder (the first: the recipe's settings)."""
             L.seed_everything(job.seed, workers=True, verbose=False)
-            module, data = _module(job, memory), _data(job, memory.batch_size)
+            module, data = _module(job, memory), _data(job, memory)
             trainer = build_trainer(spawn=True, quiet=True, default_root_dir=str(out), logger=logger, **settings,
                                     accumulate_grad_batches=memory.accumulate_grad_batches,
                                     enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
@@ -183,15 +190,14 @@ def _run_job(job: TrainJob) -> dict[str, Any]:
             return module, data, trainer
 
         start = time.perf_counter()
-        (module, data, trainer), ladder = recover_from_oom(
-            attempt, lambda line: notice(f"{job.name}: {line}"),
-            start=MemorySettings(s.batch_size, 1, s.trainable.activation_checkpointing, s.phrase_chunk_size))
+        (module, data, trainer), ladder = recover_from_oom(attempt, lambda line: notice(f"{job.name}: {line}"),
+                                                           start=_memory(job))
         seconds, steps = time.perf_counter() - start, int(trainer.global_step)
         if len(ladder) > 1:
             write_report(out, {"ladder": ladder})
     else:
         L.seed_everything(job.seed, workers=True, verbose=False)
-        module, data = _module(job), _data(job, s.batch_size)
+        module, data = _module(job, _memory(job)), _data(job, _memory(job))
     evaluation = {k: v for k, v in settings.items() if k not in ("max_steps", "max_time", "log_every_n_steps")}
     evaluator = build_trainer(spawn=True, quiet=True, default_root_dir=str(out), logger=logger,
                               **{**evaluation, "devices": 1 if s.accelerator == "cpu" else s.devices})
