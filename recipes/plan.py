@@ -106,15 +106,15 @@ def architecture_of(base_model: str) -> str:
     return "unknown"
 
 
-def choose_step_time(recipe: RecipeConfig, table: list[StepTime]) -> tuple[StepTime | None, list[str]]:
+def choose_step_time(recipe: RecipeConfig, table: list[StepTime]) -> tuple[StepTime | None, list[str], int]:
     """The best figure for the recipe's training: its architecture, the recipe's device (GPU unless it trains on a
     CPU), the user's own measurement before a shipped one, its mode and resolution, the nearest batch; with what
-    differs from the recipe, as caveats."""
+    differs from the recipe, as caveats; and the resolution the recipe trains at."""
     t = recipe.train
     architecture = architecture_of(recipe.base_model)
     candidates = [e for e in table if e.architecture == architecture]
     if not candidates:
-        return None, [f"no step time was measured for the base model's architecture ({architecture})"]
+        return None, [f"no step time was measured for the base model's architecture ({architecture})"], 0
     size = t.image_size or _native_size(architecture, candidates)
     wanted = "cpu" if t.accelerator == "cpu" else "gpu"
 
@@ -136,7 +136,7 @@ def choose_step_time(recipe: RecipeConfig, table: list[StepTime]) -> tuple[StepT
         caveats.append(f"measured at {chosen.image_size} px, scaled by pixel count to {size} px")
     if chosen.batch_size != t.batch_size:
         caveats.append(f"measured at batch {chosen.batch_size}, scaled linearly to batch {t.batch_size}")
-    return chosen, caveats
+    return chosen, caveats, size
 
 
 def _native_size(architecture: str, candidates: list[StepTime]) -> int:
@@ -151,11 +151,10 @@ def _native_size(architecture: str, candidates: list[StepTime]) -> int:
 
 def estimate(recipe: RecipeConfig, runs: list[PlannedRun], table: list[StepTime]) -> Estimate:
     """Device-hours to train `runs` (each `train.steps` steps of `train.batch_size` images on every device)."""
-    chosen, caveats = choose_step_time(recipe, table)
+    chosen, caveats, size = choose_step_time(recipe, table)
     if chosen is None:
         return Estimate(None, None, tuple(caveats))
     t = recipe.train
-    size = t.image_size or _native_size(chosen.architecture, [chosen])
     per_image = chosen.seconds_per_image * (size / chosen.image_size) ** 2
     devices = int(t.devices) if str(t.devices).isdigit() else 1
     trained = sum(1 for run in runs if run.trains)
