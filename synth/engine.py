@@ -8,7 +8,6 @@ provided the earlier stages are done. `run()` does all four.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -156,13 +155,8 @@ class SynthRun:
         """Whether every shard of every stage is written, with this configuration (merge can run)."""
         if not (self.run_dir.root / "plan.json").is_file():
             return False
-        for stage in ("generate", "label", "verify"):
-            claim = self.run_dir.stage_dir(stage) / "stage.json"
-            if not claim.is_file() or json.loads(claim.read_text()).get("fingerprint") != self._prints[stage]:
-                return False
-            if self.run_dir.pending(stage, self.num_shards):
-                return False
-        return True
+        return all(self.run_dir.stage_fingerprint(stage) == self._prints[stage]
+                   and not self.run_dir.pending(stage, self.num_shards) for stage in ("generate", "label", "verify"))
 
     def _require(self, stage: str) -> None:
         missing = self.run_dir.pending(stage, self.num_shards)

@@ -70,7 +70,6 @@ class ShardPredictor(L.LightningModule):
                           json.dumps(note) + "\n")
 
 
-
 def run_stage(
     stage: Stage,
     run_dir: RunDir,

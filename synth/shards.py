@@ -85,11 +85,16 @@ class RunDir:
             raise ConfigError(f"{path}: missing; run 'sam3-adapt synth generate' (or 'run') first")
         return json.loads(path.read_text())
 
+    def stage_fingerprint(self, stage: str) -> str | None:
+        """The config fingerprint `stage` was claimed with, or None when it has not run yet."""
+        path = self.stage_dir(stage) / "stage.json"
+        return json.loads(path.read_text()).get("fingerprint") if path.is_file() else None
+
     def claim_stage(self, stage: str, config_print: str) -> None:
         """Record the config `stage` runs with, or check it against the one its finished shards used."""
         path = self.stage_dir(stage) / "stage.json"
         if path.is_file():
-            if json.loads(path.read_text()).get("fingerprint") != config_print:
+            if self.stage_fingerprint(stage) != config_print:
                 raise ConfigError(f"{self.stage_dir(stage)}: its shards were made with a different configuration; "
                                   f"delete that folder (and the later stages') to redo it, or use another --out")
             return
