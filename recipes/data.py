@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt.settings import DatasetSpec
+from adapt.training.trainer import num_devices
 from adapt.data.readers import read_dataset
 from adapt.data.records import ImageSample
 from sam3_model.atomic import atomic_write_text
@@ -128,7 +129,7 @@ def run_synth(recipe: RecipeConfig, images: ImagesRef, out: Path, verify: Verify
     config = synth_config(recipe, images, verify, False, teacher)
     run = SynthRun(config, out)
     r = recipe.synth
-    ranks = int(r.devices) if str(r.devices).isdigit() else 1
+    ranks = num_devices(r.devices, r.accelerator)
     finished = cluster.run_engine(f"synth:{out.name}", functools.partial(engine_stages, config, str(out)),
                                   run.stages_finished, nodes=r.num_nodes, tasks_per_node=ranks,
                                   gpus_per_node=0 if r.accelerator == "cpu" else ranks, detach=detach)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapt.training.trainer import num_devices
 from sam3_model.errors import ConfigError
 
 from .config import RecipeConfig
@@ -156,7 +157,7 @@ def estimate(recipe: RecipeConfig, runs: list[PlannedRun], table: list[StepTime]
         return Estimate(None, None, tuple(caveats))
     t = recipe.train
     per_image = chosen.seconds_per_image * (size / chosen.image_size) ** 2
-    devices = int(t.devices) if str(t.devices).isdigit() else 1
+    devices = num_devices(t.devices, t.accelerator)
     trained = sum(1 for run in runs if run.trains)
     seconds = trained * t.steps * t.batch_size * per_image * devices * max(1, t.num_nodes)
     caveats.append("training only: the data engine, evaluation and model loading are not included")
