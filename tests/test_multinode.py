@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +16,12 @@ import torch
 import yaml
 
 from fabricate import make_coco_dataset
+from proc_helpers import free_port
 
 TESTS = Path(__file__).parent
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tiny_without_dropout(folder: Path) -> Path:
@@ -76,7 +72,7 @@ def _env() -> dict[str, str]:
 
 def _two_nodes(args: list[str], cwd: Path) -> None:
     """The same `sam3-adapt fit` as node 0 and node 1 of a 2-node torchrun job (one process each, gloo)."""
-    port = _free_port()
+    port = free_port()
     nodes = [subprocess.Popen([str(BIN / "torchrun"), "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
                                "--master-addr=127.0.0.1", f"--master-port={port}", "--no-python",
                                str(BIN / "sam3-adapt"), *args, "--trainer.num_nodes=2", "--data.batch_size=1"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -14,6 +13,7 @@ from sam3_model.dac import enable_dac
 from sam3_model.detector import run_detector
 from sam3_model.objective import Sam3Criterion, global_num_boxes
 from sam3_model.targets import ConceptTargets
+from proc_helpers import free_port
 
 
 def test_objective_under_bf16_autocast(tiny):
@@ -31,10 +31,6 @@ def test_objective_under_bf16_autocast(tiny):
     assert model.detr_decoder.box_head.layer1.weight.grad.abs().sum() > 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank_num_boxes(rank: int, world_size: int, port: int, results) -> None:
@@ -49,5 +45,5 @@ def _rank_num_boxes(rank: int, world_size: int, port: int, results) -> None:
 
 def test_num_boxes_is_averaged_over_ranks():
     results = mp.Manager().dict()
-    mp.spawn(_rank_num_boxes, args=(2, _free_port(), results), nprocs=2, join=True)
+    mp.spawn(_rank_num_boxes, args=(2, free_port(), results), nprocs=2, join=True)
     assert dict(results) == {0: 1.5, 1: 1.5}  # (3 + 0) / 2 on every rank, not 3 and the clamp 1

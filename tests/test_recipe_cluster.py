@@ -17,6 +17,7 @@ import pytest
 
 from recipes.config import load_recipe
 from recipes.runner import RecipeRun
+from proc_helpers import kill_tree
 from sam3_model.errors import ConfigError
 
 CLI = Path(sys.executable).with_name("sam3-adapt")
@@ -45,24 +46,8 @@ def _command(out: Path, *extra: str) -> list[str]:
             *extra]
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
 
 
-def _kill_tree(pid: int) -> None:
-    for child in _children(pid):
-        _kill_tree(child)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _wait_for(predicate, seconds: float, what: str) -> None:
@@ -95,7 +80,7 @@ def test_a_cluster_sweep_killed_and_resubmitted_reports_what_a_local_run_reports
         _wait_for(lambda: any((out / "runs" / r / "result.json").exists() for r in RUNS), 240, "a first result")
         lost = next((r for r in RUNS if not (out / "runs" / r / "result.json").exists()), None)
         assert lost is not None, "every run finished before one could be lost; slow the sweep down"
-        _kill_tree(int(submitted[lost]["job_id"]))
+        kill_tree(int(submitted[lost]["job_id"]))
 
         # a waiting `recipe run` resubmits the lost run only, then is killed itself
         with open(tmp_path / "waiter.log", "w") as handle:
@@ -117,7 +102,7 @@ def test_a_cluster_sweep_killed_and_resubmitted_reports_what_a_local_run_reports
         if waiter is not None and waiter.poll() is None:
             waiter.kill()
         for entry in json.loads(record.read_text()).values():
-            _kill_tree(int(entry["job_id"]))
+            kill_tree(int(entry["job_id"]))
 
     resubmissions = {name: entry["submissions"] for name, entry in json.loads(record.read_text()).items()}
     assert resubmissions == {r: 2 if r == lost else 1 for r in RUNS}  # nothing in flight was submitted twice

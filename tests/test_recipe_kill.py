@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from proc_helpers import children
+
 CLI = Path(sys.executable).with_name("sam3-adapt")
 TOY = {"size": 84, "objects": [1, 3], "min_object": 0.2, "max_object": 0.4}
 OVERRIDES = {
@@ -21,17 +23,6 @@ OVERRIDES = {
 }
 
 
-def _children(pid: int) -> list[int]:
-    """Live processes whose parent is `pid` (from /proc)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(stat.parent.name))
-    return out
 
 
 def _alive(pid: int) -> bool:
@@ -57,7 +48,7 @@ def test_sigkill_of_recipe_run_ends_its_training_workers(tmp_path):
     try:
         deadline, workers = time.monotonic() + 240, []
         while time.monotonic() < deadline and process.poll() is None:
-            workers = [p for p in _children(process.pid) if "spawn_main" in _cmdline(p)
+            workers = [p for p in children(process.pid) if "spawn_main" in _cmdline(p)
                        and "resource_tracker" not in _cmdline(p)]
             if len(workers) == 2 and any((tmp_path / "out" / "runs").glob("*/")):
                 break
@@ -74,5 +65,5 @@ def test_sigkill_of_recipe_run_ends_its_training_workers(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-        for pid in _children(process.pid):
+        for pid in children(process.pid):
             os.kill(pid, signal.SIGKILL)

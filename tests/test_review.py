@@ -22,6 +22,7 @@ from sam3_model.records import decode_mask, encode_mask
 from synth.review.items import read_items, sample_items
 from synth.review.server import BoxSegmenter, create_app
 from synth.review.store import ReviewStore
+from proc_helpers import free_port
 
 DEMO_BASE = Path(__file__).resolve().parents[1] / "recipes" / "demo_base"
 SIZE = 84
@@ -204,10 +205,6 @@ browser = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's chromiu
                                                                 "installed (apt install chromium chromium-driver)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serve(source: Path, out: Path, port: int) -> subprocess.Popen:
@@ -234,7 +231,7 @@ def test_a_reviewer_answers_in_the_browser_across_a_server_kill(synth_run: Path,
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    out, port = tmp_path / "review", _free_port()
+    out, port = tmp_path / "review", free_port()
     server = _serve(synth_run, out, port)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
