@@ -75,7 +75,7 @@ def test_two_synth_ranks_in_a_recipe_write_what_one_rank_writes(tmp_path, one_ra
     assert (tmp_path / "two" / "results.csv").read_text().count("syn-n4-s0") == 1
 
 
-def test_on_a_cluster_the_engine_is_one_job_whose_tasks_are_its_ranks(tmp_path, one_rank):
+def test_on_a_cluster_the_engine_is_one_job_whose_tasks_are_its_ranks(tmp_path, one_rank, monkeypatch):
     """train.launcher: slurm: the engine's stages run as one job of synth.num_nodes x synth.devices tasks
     (submitit's local executor here: 1 node x 2 tasks), and the recipe merges their shards."""
     from recipes.config import load_recipe
@@ -88,14 +88,9 @@ def test_on_a_cluster_the_engine_is_one_job_whose_tasks_are_its_ranks(tmp_path, 
     run = RecipeRun(recipe, tmp_path, progress=False, say=said.append)
     hq = run.data()["hq"]
     run.calibrate(run.verifier(hq), hq)
-    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the job's tasks inherit this process's environment
-    try:
-        found = run.synth()
-    finally:
-        for key, value in old.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the job's tasks inherit this process's environment
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    found = run.synth()
     assert found is not None and Path(found["syn"].path).is_file()
     assert any("synth:pool: submitted as job" in line and "(1 node(s) x 2 rank(s), local)" in line for line in said)
     _assert_two_ranks_wrote_what_one_rank_wrote(tmp_path / "synth" / "pool", one_rank)
