@@ -95,6 +95,7 @@ def _from_run(root: Path) -> list[ReviewItem]:
 
 def _from_dataset(path: Path, images: str | Path | None) -> list[ReviewItem]:
     """A COCO or SA-Co file: its pairs with their masks (no verifier decisions)."""
+    from adapt.data.annotations import image_folder
     from adapt.data.readers import read_dataset
     from sam3_model.records import encode_mask
 
@@ -112,9 +113,9 @@ def _from_dataset(path: Path, images: str | Path | None) -> list[ReviewItem]:
                 else:  # a boxes-only dataset: the box is the mask to judge
                     mask = encode_mask(box_mask((x, y, x + w, y + h), sample.height, sample.width))
                 instances.append(ReviewInstance(mask, [x, y, x + w, y + h]))
-            root = read_root(path, images)
+            root = image_folder(path, images)
             if storage.is_url(root):  # file names joined to a URL root with "/"
-                file_name = str(sample.image_path)[len(str(root).rstrip("/")) + 1:]
+                file_name = str(sample.image_path)[len(root) + 1:]
                 image_path: Path | str = str(sample.image_path)
             else:
                 file_name = str(Path(sample.image_path).relative_to(root))
@@ -131,13 +132,6 @@ def box_mask(box_xyxy_px: tuple[float, float, float, float], height: int, width:
     mask[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = 1
     return mask
 
-
-def read_root(path: Path, images: str | Path | None) -> Path | str:
-    """The folder a dataset's file names are relative to (`images`, a local folder or a URL; else the file's
-    folder)."""
-    if storage.is_url(images):
-        return str(images)
-    return Path(images).resolve() if images is not None else path.resolve().parent
 
 
 def sample_items(items: list[ReviewItem], how: Literal["stratified", "all"] = "stratified", per_stratum: int = 10,

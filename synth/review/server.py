@@ -205,9 +205,9 @@ def review(source: Path, out: Path | None = None, images: str | None = None,
 
 def image_root_of(source: Path, images: str | Path | None) -> Path | str:
     """The folder the source's file names are relative to: the run folder, `images`, or the file's folder."""
-    from .items import read_root
+    from adapt.data.annotations import image_folder
 
-    return source.resolve() if source.is_dir() else read_root(source, images)
+    return source.resolve() if source.is_dir() else image_folder(source, images)
 
 
 def _teacher_of(source: Path) -> str | None:
